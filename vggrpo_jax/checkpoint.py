@@ -1,0 +1,46 @@
+"""Orbax checkpoints: converted model parameters (param-only) and, for training, the full train state.
+
+Writes are atomic: orbax writes into a temporary directory and renames it when complete, so a crash mid-save never
+leaves a half-written checkpoint that a later run would load.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+
+def save_params(path: str, state: nnx.State | Any, force: bool = False) -> None:
+    """Saves a pytree of arrays (e.g. nnx.state(model, nnx.Param)) to `path` (a directory orbax creates)."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not force:
+        raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite")
+    tree = state.to_pure_dict() if isinstance(state, nnx.State) else state
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, tree, force=force)
+
+
+def restore_params(path: str, abstract_state: nnx.State, shardings: Any = None) -> nnx.State:
+    """Restores arrays saved by save_params into the structure of `abstract_state` (from nnx.eval_shape).
+
+    With `shardings` (a pytree matching abstract_state), each array is read directly at its sharding.
+    Raises FileNotFoundError for a missing directory and ValueError naming mismatched entries.
+    """
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no orbax checkpoint at {path}")
+    pure = abstract_state.to_pure_dict()
+    if shardings is not None:
+        shard_pure = shardings.to_pure_dict() if isinstance(shardings, nnx.State) else shardings
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), pure, shard_pure)
+    else:
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), pure)
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(path, target)
+    state = jax.tree.map(lambda x: x, abstract_state)
+    state.replace_by_pure_dict(restored)
+    return state
