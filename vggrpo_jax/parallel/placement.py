@@ -56,6 +56,10 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, spec)
 
 
+def _path_name(path) -> str:
+    return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 def _logical_axes_of(variable: Any) -> tuple | None:
     meta = variable.get_metadata() if hasattr(variable, "get_metadata") else {}
     for key in _SHARDING_KEYS:
@@ -81,12 +85,12 @@ def abstract_state_shardings(
         if axes is None:
             return NamedSharding(mesh, PartitionSpec())
         if len(axes) != len(shape):
-            raise ValueError(f"{'.'.join(map(str, path))}: logical axes {axes} do not match shape {shape}")
+            raise ValueError(f"{_path_name(path)}: logical axes {axes} do not match shape {shape}")
         if strict:
             loose = logical_to_spec(axes, mesh, rules)
             if not spec_is_divisible(loose, shape, mesh):
                 raise ValueError(
-                    f"{'.'.join(map(str, path))}: shape {shape} is not divisible by mesh axes {loose} ({dict(mesh.shape)})"
+                    f"{_path_name(path)}: shape {shape} is not divisible by mesh axes {loose} ({dict(mesh.shape)})"
                 )
         return NamedSharding(mesh, logical_to_spec(axes, mesh, rules, shape=shape))
 

@@ -1,0 +1,177 @@
+"""Configuration: the one place where defaults and presets live, plus validation and the absl flags.
+
+Experiment files in `configs/` are small: `get_config()` starts from `base_config()` (the paper-like Wan2.1 GRPO
+setup) and overrides what differs. Every entry point takes
+
+    --config=configs/x.py [--config.rl.group_size=8 ...] --workdir=DIR
+
+An override of a key that does not exist fails (the ConfigDict is locked), and `validate(config)` rejects invalid
+values with a message that names the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import ml_collections
+from ml_collections import ConfigDict
+
+NOISE_RULES = ("flow_grpo_wan", "sd3", "constant")
+DIT_PRESETS = ("wan21_1_3b", "wan22_ti2v_5b", "wan21_14b", "tiny", "tiny22")
+VAE_PRESETS = ("wan21", "wan22", "tiny21", "tiny22")
+TEXT_PRESETS = ("umt5_xxl", "tiny")
+DTYPES = ("float32", "bfloat16")
+REMAT = ("none", "full", "save_dots", "save_attention")
+ATTENTION = ("auto", "xla", "cudnn", "splash", "blocked")
+
+
+def base_config() -> ConfigDict:
+    """The paper-like GRPO setup on Wan2.1-T2V-1.3B (Flow-GRPO's Wan settings + VGGRPO's rewards)."""
+    c = ConfigDict()
+    c.seed = 0
+
+    c.mesh = ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+    # Multi-host: set coordinator_address/num_processes/process_id, or auto=True on TPU pods / SLURM.
+    c.distributed = ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0, auto=False))
+
+    c.dit = ConfigDict(
+        dict(
+            preset="wan21_1_3b",
+            checkpoint="",  # orbax dir written by tools/convert_wan.py
+            dtype="bfloat16",
+            param_dtype="bfloat16",
+            scan_layers=True,
+            remat_policy="full",
+            attention="auto",
+        )
+    )
+    c.lora = ConfigDict(dict(rank=32, alpha=64.0, targets=["attn1.to_[qkv]", "attn1.to_out", "attn2.to_[qkv]", "attn2.to_out"]))
+    c.vae = ConfigDict(dict(preset="wan21", checkpoint="", dtype="float32"))
+    c.text = ConfigDict(
+        dict(
+            preset="umt5_xxl",
+            tokenizer="",  # local directory with the UMT5 tokenizer
+            checkpoint="",  # orbax dir written by tools/convert_umt5.py
+            cache_dir="",  # embedding cache (tools/cache_text_embeddings.py); skips the encoder when filled
+            max_length=512,
+        )
+    )
+    c.lgm = ConfigDict(dict(checkpoint=""))  # directory written by `python -m vggrpo_jax.train_lgm`
+
+    c.video = ConfigDict(dict(num_frames=33, height=240, width=416, fps=16))
+    c.prompts = ConfigDict(dict(path="", eval_path="", split="all"))
+
+    c.rl = ConfigDict(
+        dict(
+            group_size=4,  # K samples per prompt
+            prompts_per_batch=8,  # P prompts per rollout batch (global, over all hosts)
+            batches_per_iteration=2,
+            num_steps=20,
+            shift=3.0,
+            cfg_scale=4.5,
+            noise_rule="flow_grpo_wan",
+            noise_a=0.7,  # sd3 rule
+            noise_eta=0.3,  # constant rule
+            timestep_fraction=0.99,  # train steps 0..N-2
+            sde_window_size=0,  # >0: Flow-GRPO-Fast window of this many SDE steps, at a random start
+            clip_eps=1e-3,
+            beta=0.004,
+            inner_epochs=1,
+            micro_batch_size=0,  # 0: the whole batch per step
+        )
+    )
+    c.rewards = ConfigDict(
+        dict(
+            weights=ConfigDict(dict(motion=1.0, geo=1.0)),
+            top_k=3,
+            relative=True,  # errors divided by the scene's median depth (False: the paper's literal absolute error)
+            leave_one_out=True,
+            flow_threshold=0.05,
+            conf_quantile=0.0,
+            render_stride=1,
+            adv_clip=5.0,
+        )
+    )
+    c.optim = ConfigDict(dict(lr=1e-4, b1=0.9, b2=0.999, weight_decay=1e-4, eps=1e-8, grad_clip=1.0, warmup_steps=0))
+    c.ema = ConfigDict(dict(decay=0.9, every=8))
+    c.train = ConfigDict(dict(num_iterations=1000, log_every=1, checkpoint_every=10, keep_checkpoints=3))
+    c.eval = ConfigDict(dict(every=50, num_prompts=8, num_steps=50, write_videos=True, rgb_rewards=True))
+    return c
+
+
+def _fail(key: str, value: Any, why: str) -> None:
+    raise ValueError(f"config.{key}={value!r}: {why}")
+
+
+def _choice(c: ConfigDict, key: str, choices: Iterable[str]) -> None:
+    value = _get(c, key)
+    if value not in tuple(choices):
+        _fail(key, value, f"must be one of {tuple(choices)}")
+
+
+def _positive(c: ConfigDict, key: str, allow_zero: bool = False) -> None:
+    value = _get(c, key)
+    if not isinstance(value, (int, float)) or value < 0 or (value == 0 and not allow_zero):
+        _fail(key, value, "must be " + ("≥ 0" if allow_zero else "> 0"))
+
+
+def _get(c: ConfigDict, dotted: str) -> Any:
+    node = c
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate(c: ConfigDict) -> ConfigDict:
+    """Checks a GRPO training config; raises ValueError naming the first bad key. Returns the config."""
+    _choice(c, "dit.preset", DIT_PRESETS)
+    _choice(c, "dit.dtype", DTYPES)
+    _choice(c, "dit.param_dtype", DTYPES)
+    _choice(c, "dit.remat_policy", REMAT)
+    _choice(c, "dit.attention", ATTENTION)
+    _choice(c, "vae.preset", VAE_PRESETS)
+    _choice(c, "text.preset", TEXT_PRESETS)
+    _choice(c, "rl.noise_rule", NOISE_RULES)
+    for key in ("rl.group_size", "rl.prompts_per_batch", "rl.batches_per_iteration", "rl.num_steps", "rl.cfg_scale",
+                "rl.clip_eps", "rl.inner_epochs", "optim.lr", "train.num_iterations", "video.height", "video.width",
+                "video.fps", "ema.every", "text.max_length", "rewards.top_k"):
+        _positive(c, key)
+    for key in ("rl.beta", "rl.micro_batch_size", "rl.sde_window_size", "lora.rank", "optim.weight_decay",
+                "optim.grad_clip", "optim.warmup_steps", "rewards.flow_threshold", "rewards.render_stride",
+                "eval.every", "eval.num_prompts", "train.checkpoint_every"):
+        _positive(c, key, allow_zero=True)
+    if c.rl.group_size < 2:
+        _fail("rl.group_size", c.rl.group_size, "GRPO needs at least 2 samples per prompt to form an advantage")
+    if (c.video.num_frames - 1) % 4:
+        _fail("video.num_frames", c.video.num_frames, "Wan needs 1 + 4k frames (e.g. 17, 33, 81)")
+    if not 0.0 < c.rl.timestep_fraction <= 1.0:
+        _fail("rl.timestep_fraction", c.rl.timestep_fraction, "must be in (0, 1]")
+    if c.rl.sde_window_size > c.rl.num_steps:
+        _fail("rl.sde_window_size", c.rl.sde_window_size, f"must be ≤ rl.num_steps ({c.rl.num_steps})")
+    if c.rl.micro_batch_size and (c.rl.prompts_per_batch * c.rl.group_size) % c.rl.micro_batch_size:
+        _fail("rl.micro_batch_size", c.rl.micro_batch_size,
+              "must divide rl.prompts_per_batch × rl.group_size")
+    if not 0.0 <= c.ema.decay < 1.0:
+        _fail("ema.decay", c.ema.decay, "must be in [0, 1)")
+    if not 0.0 <= c.rewards.conf_quantile < 1.0:
+        _fail("rewards.conf_quantile", c.rewards.conf_quantile, "must be in [0, 1)")
+    weights = dict(c.rewards.weights)
+    unknown = set(weights) - {"motion", "geo"}
+    if unknown:
+        _fail("rewards.weights", weights, f"unknown rewards {sorted(unknown)}; known: motion, geo")
+    if sum(weights.values()) <= 0 or any(w < 0 for w in weights.values()):
+        _fail("rewards.weights", weights, "weights must be ≥ 0 with a positive sum")
+    return c
+
+
+def define_flags(default_config: str | None = None):
+    """Defines --config (ml_collections file + dotted overrides, locked) and --workdir; returns the two holders."""
+    from absl import flags  # noqa: PLC0415
+    from ml_collections import config_flags  # noqa: PLC0415
+
+    config = config_flags.DEFINE_config_file("config", default_config, "experiment config file", lock_config=True)
+    workdir = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and samples", required=True)
+    return config, workdir
+
+
+__all__ = ["base_config", "validate", "define_flags", "ml_collections"]
