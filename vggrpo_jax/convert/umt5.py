@@ -26,11 +26,18 @@ original Wan `models_t5_umt5-xxl-enc-bf16.pth` ("wan", the `T5Encoder` of Wan's 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
 import re
 from typing import Any, Callable, Mapping
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from vggrpo_jax.checkpoint import restore_params, save_params
 
 from vggrpo_jax.convert.common import (
     IGNORE,
@@ -40,9 +47,10 @@ from vggrpo_jax.convert.common import (
     convert_state,
     flatten_state,
     identity,
+    open_state_dict,
     to_numpy,
 )
-from vggrpo_jax.models.umt5 import UMT5Config, UMT5Encoder
+from vggrpo_jax.models.umt5 import UMT5Config, UMT5Encoder, umt5_xxl
 
 FORMATS = ("hf", "wan")
 
@@ -236,3 +244,147 @@ def to_torch_state_dict(model_or_state: UMT5Encoder | nnx.State, fmt: str = "hf"
     if flat:
         raise ValueError(f"to_torch_state_dict: Flax parameters without a PyTorch name: {sorted(flat)}")
     return out
+
+
+# ----------------------------------------------------------------------------------------- identity, save, load
+CONVERTED_CONFIG = "umt5_config.json"
+CONVERTED_FINGERPRINT = "fingerprint.txt"
+CONVERTED_PARAMS = "params"
+_CHECKPOINT_SUFFIXES = (".safetensors", ".json", ".pth", ".pt", ".bin", ".ckpt")
+
+
+def fingerprint_files(path: str) -> str:
+    """sha256 over the bytes (and relative names) of a checkpoint file or of the checkpoint files in a directory.
+
+    This is the checkpoint's identity for the embedding cache: any change to any weight changes it. It streams the
+    files once (≈ 10–30 s for the 11 GB UMT5-XXL); converted orbax directories store it in fingerprint.txt instead.
+    """
+    if os.path.isdir(path):
+        stored = os.path.join(path, CONVERTED_FINGERPRINT)
+        if os.path.isfile(stored):
+            with open(stored) as fh:
+                return fh.read().strip()
+        files = sorted(
+            os.path.relpath(os.path.join(root, f), path)
+            for root, _, names in os.walk(path)
+            for f in names
+            if f.endswith(_CHECKPOINT_SUFFIXES)
+        )
+        if not files:
+            raise FileNotFoundError(f"no checkpoint files to fingerprint in {path}")
+        base = path
+    elif os.path.isfile(path):
+        files, base = [os.path.basename(path)], os.path.dirname(path)
+    else:
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    digest = hashlib.sha256()
+    for rel in files:
+        digest.update(rel.encode() + b"\0")
+        with open(os.path.join(base, rel), "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def config_to_dict(cfg: UMT5Config) -> dict[str, Any]:
+    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("dtype", "param_dtype")}
+    out["param_dtype"] = np.dtype(cfg.param_dtype).name
+    return out
+
+
+def config_from_dict(d: Mapping[str, Any], **overrides: Any) -> UMT5Config:
+    d = dict(d)
+    param_dtype = d.pop("param_dtype", None)
+    cfg = UMT5Config.from_hf_config(d)
+    if param_dtype is not None:
+        cfg = cfg.replace(param_dtype=jnp.dtype(param_dtype))
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def save_converted(model: UMT5Encoder, out_dir: str, fingerprint: str, force: bool = False) -> None:
+    """Writes out_dir/{params (orbax), umt5_config.json, fingerprint.txt}; the fingerprint names the source weights
+    and storage dtype, so embeddings cached with a converted copy are told apart from those of other weights."""
+    os.makedirs(out_dir, exist_ok=True)
+    save_params(os.path.join(out_dir, CONVERTED_PARAMS), nnx.state(model, nnx.Param), force=force)
+    with open(os.path.join(out_dir, CONVERTED_CONFIG), "w") as fh:
+        json.dump(config_to_dict(model.config), fh, indent=2)
+    with open(os.path.join(out_dir, CONVERTED_FINGERPRINT), "w") as fh:
+        fh.write(fingerprint + "\n")
+
+
+def converted_fingerprint(source_fingerprint: str, param_dtype: Any) -> str:
+    """Identity of converted weights: the source checkpoint's bytes and the dtype they were cast to."""
+    return hashlib.sha256(f"{source_fingerprint}|{np.dtype(param_dtype).name}".encode()).hexdigest()
+
+
+def is_converted_dir(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, CONVERTED_PARAMS)) and os.path.isfile(os.path.join(path, CONVERTED_CONFIG))
+
+
+def _resolve_config(path: str, config: UMT5Config | None, overrides: Mapping[str, Any]) -> tuple[UMT5Config, bool]:
+    """(config to build, whether `path` is a converted orbax dir); reads no weights."""
+    if is_converted_dir(path):
+        if config is None:
+            with open(os.path.join(path, CONVERTED_CONFIG)) as fh:
+                config = config_from_dict(json.load(fh))
+        return config.replace(**overrides), True
+    if config is None:
+        config_json = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
+        if os.path.isfile(config_json):
+            with open(config_json) as fh:
+                config = UMT5Config.from_hf_config(json.load(fh))
+        elif detect_format(open_state_dict(path).keys()) == "wan":
+            config = umt5_xxl()
+        else:
+            raise FileNotFoundError(f"{path}: transformers checkpoint without config.json; pass a UMT5Config")
+    return config.replace(**overrides), False
+
+
+def _overrides(dtype: Any, compute_dtype: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if dtype is not None:
+        out["param_dtype"] = dtype
+    if compute_dtype is not None:
+        out["dtype"] = compute_dtype
+    return out
+
+
+def encoder_fingerprint(path: str, config: UMT5Config | None = None, *, dtype: Any = None) -> str:
+    """The fingerprint `load_encoder(path, config, dtype=dtype)` returns, without building the model.
+
+    Converted dir: its fingerprint.txt (re-keyed if the weights are cast to another dtype). PyTorch checkpoint: the
+    sha256 of its files combined with the storage dtype.
+    """
+    cfg, converted = _resolve_config(path, config, _overrides(dtype, None))
+    if converted:
+        fingerprint = fingerprint_files(path)
+        with open(os.path.join(path, CONVERTED_CONFIG)) as fh:
+            stored_dtype = json.load(fh).get("param_dtype", "float32")
+        if np.dtype(cfg.param_dtype) != np.dtype(stored_dtype):
+            fingerprint = converted_fingerprint(fingerprint, cfg.param_dtype)
+        return fingerprint
+    return converted_fingerprint(fingerprint_files(path), cfg.param_dtype)
+
+
+def load_encoder(
+    path: str,
+    config: UMT5Config | None = None,
+    *,
+    dtype: Any = None,
+    compute_dtype: Any = None,
+    shardings: nnx.State | None = None,
+) -> tuple[UMT5Encoder, str]:
+    """Loads an encoder and its fingerprint from a converted orbax dir (tools/convert_umt5.py) or a PyTorch checkpoint.
+
+    PyTorch checkpoints: a transformers directory (config.json + safetensors) or the Wan .pth (its config is the
+    umt5_xxl preset). `config` overrides the stored one; `dtype` casts the weights (param_dtype); `compute_dtype`
+    sets the matmul dtype. The fingerprint changes with the weight dtype, not with the compute dtype.
+    """
+    cfg, converted = _resolve_config(path, config, _overrides(dtype, compute_dtype))
+    if converted:
+        graphdef, abstract_state = nnx.split(abstract_encoder(cfg))
+        state = restore_params(os.path.join(path, CONVERTED_PARAMS), abstract_state, shardings)
+        model = nnx.merge(graphdef, state)
+    else:
+        model = from_torch_state_dict(path, cfg, shardings=shardings)
+    return model, encoder_fingerprint(path, cfg, dtype=cfg.param_dtype)

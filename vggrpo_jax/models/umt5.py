@@ -151,7 +151,7 @@ class RMSNorm(nnx.Module):
 
     def __init__(self, dim: int, eps: float, param_dtype: Any):
         self.eps = eps
-        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding_names=("norm",))
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=("norm",))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(_F32)
@@ -163,7 +163,7 @@ class Projection(nnx.Module):
     """A bias-free linear map whose kernel is stored with explicit head axes, e.g. (D, H, K) for q/k/v."""
 
     def __init__(self, shape: tuple[int, ...], axes: tuple[str, ...], std: float, cfg: UMT5Config, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(_normal(rngs, shape, std, cfg.param_dtype), sharding_names=axes)
+        self.kernel = nnx.Param(_normal(rngs, shape, std, cfg.param_dtype), out_sharding=axes)
 
 
 class RelativeAttentionBias(nnx.Module):
@@ -171,7 +171,7 @@ class RelativeAttentionBias(nnx.Module):
 
     def __init__(self, cfg: UMT5Config, rngs: nnx.Rngs):
         shape = (cfg.relative_attention_num_buckets, cfg.num_heads)
-        self.embedding = nnx.Param(_normal(rngs, shape, cfg.d_model**-0.5, cfg.param_dtype), sharding_names=(None, "heads"))
+        self.embedding = nnx.Param(_normal(rngs, shape, cfg.d_model**-0.5, cfg.param_dtype), out_sharding=(None, "heads"))
 
     def __call__(self, buckets: jax.Array) -> jax.Array:
         table = self.embedding.get_value().astype(_F32)
