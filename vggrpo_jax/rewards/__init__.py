@@ -1,0 +1,13 @@
+"""VGGRPO rewards (pure functions of geometry) and GRPO group advantages."""
+from vggrpo_jax.rewards.advantages import group_advantages, standardize_groups
+from vggrpo_jax.rewards.motion import MotionSmoothness, motion_smoothness
+from vggrpo_jax.rewards.reprojection import ReprojectionConsistency, reprojection_consistency
+
+__all__ = [
+    "MotionSmoothness",
+    "ReprojectionConsistency",
+    "group_advantages",
+    "motion_smoothness",
+    "reprojection_consistency",
+    "standardize_groups",
+]
