@@ -206,7 +206,7 @@ def make_train_step(
             state.params, frozen, traj, advantages, cond, uncond, policy_fn=policy_fn, reference_fn=reference_fn,
             config=config, num_micro_batches=update.num_micro_batches,
         )
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         inputs_ok = _all_finite((advantages, traj.log_probs, rewards))
         loss_ok = jnp.isfinite(loss)
         grad_ok = jnp.isfinite(grad_norm)
