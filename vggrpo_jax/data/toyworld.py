@@ -15,6 +15,9 @@ or with per-frame jitter. Each clip comes with everything a geometry model predi
   time k to time k + 1 (objects move at constant velocity, so it is the per-frame velocity; also for the last frame)
 - ``dynamic_mask`` (F, H, W): pixels of each frame that show a moving object
 - ``object_id`` (F, H, W) int: −2 sky, −1 ground, j >= 0 object j
+- ``object_shape`` (n,) 0 box / 1 sphere, ``object_center`` (n, 3) at frame 0, ``object_vel`` (n, 3) per frame,
+  ``object_half`` (n, 3) box half extents, ``object_sphere_r`` (n,), ``object_yaw`` (n,), ``object_moving`` (n,),
+  ``object_color`` (n,) index into ``COLORS``
 - ``caption`` naming the objects, which move, and the camera motion; ``camera_motion`` the path's name.
 
 Everything is a deterministic function of the seed (``jax.random.key(seed)``). One jit per (frames, height, width,
@@ -327,6 +330,9 @@ def render_clip(seed: int, num_frames: int | None = None, height: int | None = N
     scene = out.pop("scene")
     motion = cfg.camera_motions[int(scene["motion"])]
     clip = {k: np.asarray(v) for k, v in out.items()}
+    # Object parameters (n objects): frame-0 centres, per-frame velocity, and shape, so tests can check the geometry.
+    for k in ("shape", "center", "vel", "half", "sphere_r", "yaw", "moving", "color"):
+        clip[f"object_{k}"] = np.asarray(scene[k])
     clip["caption"] = _caption(scene, motion, jitter)
     clip["camera_motion"] = motion
     clip["is_dynamic"] = bool(np.any(scene["moving"]))
