@@ -20,6 +20,7 @@ from vggrpo_jax.rl.sde import (
     sde_step,
     sde_step_mean_std,
 )
+from vggrpo_jax.rl.sharding import batch_leading_sharding, replicated_sharding, trajectory_sharding
 from vggrpo_jax.rl.train_step import (
     TrainState,
     UpdateConfig,
@@ -36,5 +37,6 @@ __all__ = [
     "timesteps", "wan_sigmas",
     "NOISE_RULES", "NoiseRule", "gaussian_kl_same_std", "log_prob", "make_noise_rule", "noise_level", "ode_step",
     "sde_step", "sde_step_mean_std",
+    "batch_leading_sharding", "replicated_sharding", "trajectory_sharding",
     "TrainState", "UpdateConfig", "accumulate_gradients", "init_train_state", "make_optimizer", "make_train_step",
 ]
