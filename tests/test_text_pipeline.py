@@ -127,6 +127,28 @@ def test_negative_embedding_is_the_empty_prompt(text_encoder, encoded):
     assert np.abs(negative[0]).sum() > 0 and np.all(negative[1:] == 0)
 
 
+def test_sharded_text_encoder_matches(tokenizer, hf_dir, encoded):
+    from vggrpo_jax.parallel import make_mesh
+
+    mesh = make_mesh({"fsdp": 4, "tensor": 2})
+    model, fingerprint = conv.load_encoder(hf_dir, mesh=mesh)
+    assert model.blocks.ffn.wi_0.kernel.get_value().sharding.spec[1] == "fsdp"
+    sharded = TextEncoder(tokenizer, model, fingerprint, batch_size=4, mesh=mesh)
+    embeddings, lengths = sharded.encode(PROMPTS)
+    np.testing.assert_allclose(embeddings, encoded[0], atol=1e-5)
+    np.testing.assert_array_equal(lengths, encoded[1])
+    with pytest.raises(ValueError, match="not divisible"):
+        TextEncoder(tokenizer, model, fingerprint, batch_size=6, mesh=mesh)
+
+
+def test_left_padding_tokenizer_is_refused(tokenizer_dir, hf_dir):
+    tok = load_tokenizer(tokenizer_dir)
+    tok.padding_side = "left"
+    model, fingerprint = conv.load_encoder(hf_dir)
+    with pytest.raises(ValueError, match="padding_side"):
+        TextEncoder(tok, model, fingerprint)
+
+
 def test_cache_hit_miss_and_identity(tmp_path, tokenizer, hf_dir):
     model, fingerprint = conv.load_encoder(hf_dir)
     direct = TextEncoder(tokenizer, model, fingerprint, batch_size=4).encode(PROMPTS)

@@ -33,6 +33,7 @@ import os
 import re
 from typing import Any, Callable, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -51,6 +52,7 @@ from vggrpo_jax.convert.common import (
     to_numpy,
 )
 from vggrpo_jax.models.umt5 import UMT5Config, UMT5Encoder, umt5_xxl
+from vggrpo_jax.parallel import abstract_state_shardings
 
 FORMATS = ("hf", "wan")
 
@@ -372,15 +374,19 @@ def load_encoder(
     *,
     dtype: Any = None,
     compute_dtype: Any = None,
-    shardings: nnx.State | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[UMT5Encoder, str]:
     """Loads an encoder and its fingerprint from a converted orbax dir (tools/convert_umt5.py) or a PyTorch checkpoint.
 
     PyTorch checkpoints: a transformers directory (config.json + safetensors) or the Wan .pth (its config is the
     umt5_xxl preset). `config` overrides the stored one; `dtype` casts the weights (param_dtype); `compute_dtype`
     sets the matmul dtype. The fingerprint changes with the weight dtype, not with the compute dtype.
+    With `mesh`, every weight is placed directly at the sharding its logical axes ask for (never whole on one device).
     """
     cfg, converted = _resolve_config(path, config, _overrides(dtype, compute_dtype))
+    shardings = None
+    if mesh is not None:
+        shardings = abstract_state_shardings(nnx.split(abstract_encoder(cfg))[1], mesh)
     if converted:
         graphdef, abstract_state = nnx.split(abstract_encoder(cfg))
         state = restore_params(os.path.join(path, CONVERTED_PARAMS), abstract_state, shardings)

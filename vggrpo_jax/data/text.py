@@ -60,12 +60,19 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     if not any(os.path.isfile(os.path.join(path, f)) for f in known):
         raise FileNotFoundError(f"no tokenizer files ({', '.join(known)}) in {path}")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    check_tokenizer(tokenizer, where=path)
+    return tokenizer
+
+
+def check_tokenizer(tokenizer: Any, where: str = "tokenizer") -> None:
+    """The trimming convention needs pad and EOS tokens, right padding and right truncation (keep the beginning)."""
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise ValueError(
-            f"tokenizer at {path} has pad_token_id={tokenizer.pad_token_id}, eos_token_id={tokenizer.eos_token_id};"
-            " UMT5 needs both"
+            f"{where}: pad_token_id={tokenizer.pad_token_id}, eos_token_id={tokenizer.eos_token_id}; UMT5 needs both"
         )
-    return tokenizer
+    sides = {"padding_side": tokenizer.padding_side, "truncation_side": tokenizer.truncation_side}
+    if set(sides.values()) != {"right"}:
+        raise ValueError(f"{where}: {sides}; Wan's trim-to-length convention needs both on the right")
 
 
 def tokenize(tokenizer: Any, prompts: Sequence[str], max_length: int = MAX_LENGTH) -> tuple[np.ndarray, np.ndarray]:
@@ -84,10 +91,15 @@ def tokenize(tokenizer: Any, prompts: Sequence[str], max_length: int = MAX_LENGT
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """sha256 of the tokenizer's vocabulary and special tokens (what decides the ids)."""
-    vocab = sorted(tokenizer.get_vocab().items())
-    special = [tokenizer.pad_token, tokenizer.eos_token, tokenizer.unk_token]
-    return hashlib.sha256(json.dumps([vocab, special, type(tokenizer).__name__]).encode()).hexdigest()
+    """sha256 of what decides the ids: the full serialised fast tokenizer (normaliser, model, post-processor) when
+    there is one, otherwise the vocabulary and special tokens; plus the class and max-length handling."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        body = backend.to_str()
+    else:
+        body = json.dumps([sorted(tokenizer.get_vocab().items()), [tokenizer.pad_token, tokenizer.eos_token]])
+    head = f"{type(tokenizer).__name__}|{tokenizer.padding_side}|{tokenizer.truncation_side}|"
+    return hashlib.sha256((head + body).encode()).hexdigest()
 
 
 def pad_embeddings(trimmed: Sequence[np.ndarray], max_length: int = MAX_LENGTH) -> tuple[np.ndarray, np.ndarray]:
@@ -212,8 +224,8 @@ class TextEncoder:
 
     encoder: a UMT5Encoder (see vggrpo_jax.convert.umt5.load_encoder); fingerprint: its checkpoint identity (from
     load_encoder); cache: an optional directory or EmbeddingCache for this identity. Batches are padded to
-    `batch_size` rows so one compiled program serves every call. With `mesh`, batches are split over the batch axes
-    and the encoder runs under that mesh (its parameters should already be placed there).
+    `batch_size` rows so one compiled program serves every call. With `mesh`, the weights are placed by their logical
+    axes, batches are split over the batch axes, and the encoder runs under that mesh.
     """
 
     def __init__(
@@ -229,6 +241,15 @@ class TextEncoder:
     ):
         if batch_size < 1:
             raise ValueError(f"TextEncoder.batch_size must be positive, got {batch_size}")
+        check_tokenizer(tokenizer)
+        if mesh is not None:
+            from vggrpo_jax.parallel import batch_sharding  # noqa: PLC0415
+
+            entry = batch_sharding(mesh, 2).spec[0]
+            axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+            shards = int(np.prod([mesh.shape[a] for a in axes]))
+            if batch_size % shards:
+                raise ValueError(f"TextEncoder.batch_size {batch_size} is not divisible by the {shards} batch shards")
         vocab = len(tokenizer)
         cfg = getattr(encoder, "config", None)
         if cfg is not None and vocab > cfg.vocab_size:
@@ -248,6 +269,10 @@ class TextEncoder:
         self.encoder_batches = 0  # forward passes run (for logs and tests)
         self._negative: dict[str, np.ndarray] = {}
         graphdef, state = nnx.split(encoder)
+        if mesh is not None:  # a no-op for weights already placed there (load_encoder(..., mesh=mesh))
+            from vggrpo_jax.parallel import place_state  # noqa: PLC0415
+
+            state = place_state(state, mesh)
         self._state = state
         self._forward = _forward_fn(graphdef)
 
@@ -267,6 +292,10 @@ class TextEncoder:
                 out = self._forward(self._state, ids_d, mask_d)
         else:
             out = self._forward(self._state, ids, mask)
+        if not out.is_fully_addressable:  # multi-host: every process gets the whole batch
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            out = multihost_utils.process_allgather(out, tiled=True)
         out = np.asarray(jax.device_get(out), np.float32)
         self.encoder_batches += 1
         lengths = mask[:n].sum(axis=1)
@@ -316,6 +345,7 @@ def text_encoder_from_paths(
     batch_size: int = 8,
     dtype: Any = None,
     compute_dtype: Any = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> TextEncoder:
     """Tokenizer dir + encoder checkpoint (converted orbax dir or PyTorch) → TextEncoder (with a cache if given).
 
@@ -324,8 +354,8 @@ def text_encoder_from_paths(
     from vggrpo_jax.convert.umt5 import load_encoder  # noqa: PLC0415
 
     tokenizer = load_tokenizer(tokenizer_dir)
-    model, fingerprint = load_encoder(encoder_path, dtype=dtype, compute_dtype=compute_dtype)
-    return TextEncoder(tokenizer, model, fingerprint, cache=cache_dir, batch_size=batch_size)
+    model, fingerprint = load_encoder(encoder_path, dtype=dtype, compute_dtype=compute_dtype, mesh=mesh)
+    return TextEncoder(tokenizer, model, fingerprint, cache=cache_dir, batch_size=batch_size, mesh=mesh)
 
 
 def open_cache(
