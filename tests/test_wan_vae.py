@@ -29,6 +29,9 @@ ATOL = 1e-4
 HEIGHT, WIDTH = 32, 48  # non-square, so a swapped H/W anywhere (patchify, attention, resample) shows
 
 
+_DIRS: dict[str, str] = {}  # variant → the saved diffusers directory
+
+
 def _reference(cfg: WanVAEConfig, seed: int):
     from diffusers import AutoencoderKLWan
 
@@ -55,6 +58,7 @@ def pair(request, tmp_path_factory):
     model = from_torch_state_dict(str(out))  # config read from the directory's config.json
     assert model.config == cfg
     sd = {k: v.detach().numpy().copy() for k, v in ref.state_dict().items()}
+    _DIRS[request.param] = str(out)
     return cfg, ref, model, sd
 
 
@@ -121,6 +125,29 @@ def test_round_trip_state_dict(pair):
     np.testing.assert_array_equal(
         np.asarray(again.encoder.conv_in.kernel.get_value()), np.asarray(model.encoder.conv_in.kernel.get_value())
     )
+
+
+def test_cli_writes_orbax_that_restores(pair, tmp_path):
+    import importlib.util
+
+    from vggrpo_jax.checkpoint import restore_params
+
+    cfg, _, model, _ = pair
+    src = _DIRS["tiny21" if cfg.z_dim == 16 else "tiny22"]
+    spec = importlib.util.spec_from_file_location(
+        "convert_wan_vae", os.path.join(os.path.dirname(__file__), "..", "tools", "convert_wan_vae.py")
+    )
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    dst = str(tmp_path / "vae_orbax")
+    assert cli.main(["--src", src, "--dst", dst]) == 0
+    assert os.path.exists(dst + ".config.json")
+    with pytest.raises(FileExistsError):
+        cli.main(["--src", src, "--dst", dst])
+    abstract = nnx.state(nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    restored = dict(nnx.to_flat_state(restore_params(dst, abstract)))
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        np.testing.assert_array_equal(np.asarray(restored[path].get_value()), np.asarray(var.get_value()))
 
 
 def test_bad_checkpoints_list_every_problem(pair):
