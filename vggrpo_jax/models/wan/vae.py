@@ -38,7 +38,7 @@ from vggrpo_jax.parallel import constrain
 
 __all__ = ["WanVAE", "WanVAEConfig", "Encoder3d", "Decoder3d", "patchify", "unpatchify"]
 
-_ACT = ("batch", None, None, None, None)  # (B, T, H, W, C) activations: batch-sharded, the rest as XLA sees fit
+_ACT = ("batch", None, None, "length", None)  # (B, T, H, W, C): batch over data/fsdp, width over "context"
 
 
 class Encoder3d(nnx.Module):
