@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import html
+import io
 import json
 import os
 import re
@@ -181,8 +182,6 @@ class EmbeddingCache:
         embedding = np.asarray(embedding, np.float32)
         if embedding.ndim != 2 or not 0 < embedding.shape[0] <= self.max_length:
             raise ValueError(f"EmbeddingCache.put: expected a trimmed (1..{self.max_length}, D) array, got {embedding.shape}")
-        import io  # noqa: PLC0415
-
         buf = io.BytesIO()
         np.savez(buf, embedding=embedding, prompt=np.asarray(clean_prompt(prompt)))
         self._atomic_write(self._path(prompt), buf.getvalue())
@@ -307,15 +306,16 @@ class TextEncoder:
             raise TypeError("TextEncoder.encode takes a list of prompts, got a single str")
         cleaned = [clean_prompt(p) for p in prompts]
         result: dict[str, np.ndarray] = {}
-        todo: list[str] = []
+        todo: dict[str, None] = {}  # ordered set of distinct misses
         for p in cleaned:
             if p in result or p in todo:
                 continue
             hit = self.cache.get(p) if self.cache is not None else None
             if hit is None:
-                todo.append(p)
+                todo[p] = None
             else:
                 result[p] = hit
+        todo = list(todo)
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
             for p, emb in zip(chunk, self._run(chunk)):

@@ -93,6 +93,14 @@ class UMT5Config:
     def replace(self, **changes: Any) -> "UMT5Config":
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def umt5_xxl(cls, **overrides: Any) -> "UMT5Config":
+        return umt5_xxl(**overrides)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> "UMT5Config":
+        return tiny(**overrides)
+
 
 def umt5_xxl(**overrides: Any) -> UMT5Config:
     """The UMT5-XXL encoder used by Wan2.1 / Wan2.2 (5.7B parameters, 4096 wide, 24 layers, 64 heads)."""
