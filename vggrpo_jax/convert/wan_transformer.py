@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -150,25 +151,21 @@ def _is_lora(path) -> bool:
 
 
 def _init_lora(state: nnx.State, config: WanConfig, shardings, seed: int) -> nnx.State:
-    """Fills abstract LoRA leaves: lora_a ~ N(0, 1/rank²), lora_b = 0, created directly at their shardings."""
+    """Fills abstract LoRA leaves: lora_a ~ N(0, (1/rank)²), lora_b = 0 (adapters are small: made on the host)."""
     flat = list(nnx.to_flat_state(state))
     flat_shard = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
-    key = jax.random.key(seed)
     std = 1.0 / max(config.lora_rank, 1)
     out = []
     for i, (path, var) in enumerate(flat):
         value = var.get_value()
         if _is_lora(path) and isinstance(value, jax.ShapeDtypeStruct):
+            if path[-1] == "lora_b":
+                host = np.zeros(value.shape, value.dtype)
+            else:
+                host = (std * np.random.default_rng([seed, i]).standard_normal(value.shape)).astype(value.dtype)
             sharding = flat_shard.get(path)
             sharding = sharding.get_value() if isinstance(sharding, nnx.Variable) else sharding
-            shape, dtype = value.shape, value.dtype
-            if path[-1] == "lora_b":
-                fn = lambda shape=shape, dtype=dtype: jnp.zeros(shape, dtype)  # noqa: E731
-            else:
-                k = jax.random.fold_in(key, i)
-                fn = lambda k=k, shape=shape, dtype=dtype: (std * jax.random.normal(k, shape, jnp.float32)).astype(dtype)  # noqa: E731
-            value = jax.jit(fn, out_shardings=sharding)() if sharding is not None else fn()
-            var = var.replace(value)
+            var = var.replace(jax.device_put(host, sharding) if sharding is not None else jnp.asarray(host))
         out.append((path, var))
     return nnx.from_flat_state(out)
 
