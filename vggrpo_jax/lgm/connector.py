@@ -10,7 +10,7 @@ Outputs (`ConnectorOutput`), everything the Any4D tail Φ_{ℓ+1:L} and its head
                           view 0 the same way: the world frame is view 0's camera).
   hook0  (B, N, T, D_enc) the fused encoder features the DPT heads take as hook 0 (a linear read-out of the conv
                           features: the encoder is not run).
-  taps   {k: (B, N·T, D)} the trunk taps (norm(x) after block k) for every tap layer k < ℓ, read out linearly;
+  taps   {k: (B, N, T, D)} the trunk taps (norm(x) after block k) for every tap layer k < ℓ, read out linearly;
                           taps at k ≥ ℓ are computed by the real tail.
 
 The scale token is a learned vector plus a zero-initialised linear read-out of the mean token, so at init it is a
@@ -237,7 +237,7 @@ class Connector(nnx.Module):
         scale = self.scale_token[...][None] + self.scale_proj(pooled)
         tokens = jnp.concatenate([feats, scale[:, None].astype(feats.dtype)], axis=1)
         hook0 = self.hook0_proj(x).reshape(b, n, t, self.encoder_dim)
-        taps = {k: self.tap_proj[f"layer{k}"](feats) for k in self.tap_layers}
+        taps = {k: self.tap_proj[f"layer{k}"](feats).reshape(b, n, t, self.trunk_dim) for k in self.tap_layers}
         return ConnectorOutput(tokens=tokens, hook0=hook0, taps=taps, grid=grid, num_views=n)
 
 

@@ -13,6 +13,7 @@ restore checks leaf count, shapes and dtypes against the live state and raises n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable
 
@@ -72,6 +73,18 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
 LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, dict]]
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _train_step(loss_fn: LossFn, optim: OptimConfig, total_steps: int, params, opt_state, frozen, batch, key):
+    # Module-level and keyed on (loss_fn, optim, total_steps): a hashable loss object (a frozen dataclass) equal to
+    # an earlier one reuses that compilation, so stopping and resuming, or a second run, does not recompile.
+    tx = make_optimizer(optim, total_steps)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen, batch, key)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    return params, opt_state, metrics
+
+
 @dataclasses.dataclass
 class FitResult:
     params: Any
@@ -107,7 +120,7 @@ def fit(
     frozen: Any,
     loss_fn: LossFn,
     batch_fn: Callable[[int], Any],
-    tx: optax.GradientTransformation,
+    optim: OptimConfig,
     total_steps: int,
     rng: jax.Array,
     ckpt_dir: str | None = None,
@@ -124,7 +137,10 @@ def fit(
       name: stage name (progress bar, metric prefix, checkpoint json).
       params: trainable pytree (e.g. an nnx.State); frozen: pytree passed through unchanged (jit argument, not a
         closure constant, so big frozen weights are not baked into the program).
+      loss_fn: (params, frozen, batch, rng) → (loss, metrics); hashable (e.g. a frozen dataclass) to share
+        compilations between calls.
       batch_fn: step → batch (pytree of arrays); must be a pure function of the step.
+      optim: the optimizer (make_optimizer(optim, total_steps)).
       rng: a typed or raw PRNG key; step s uses fold_in(rng, s).
       ckpt_dir: orbax directory; when it holds a checkpoint of this stage, training resumes from its latest step.
       stop_after: stop (after saving) once this step is reached, as an interrupted run would; None = run to the end.
@@ -133,7 +149,7 @@ def fit(
     """
     rng = jax.random.key_data(rng) if jnp.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key) else rng
     rng = jnp.asarray(rng, jnp.uint32)
-    opt_state = tx.init(params)
+    opt_state = make_optimizer(optim, total_steps).init(params)
     step = 0
     manager = None
     if ckpt_dir is not None:
@@ -175,14 +191,6 @@ def fit(
         )
         manager.wait_until_finished()
 
-    @jax.jit
-    def train_step(params, opt_state, frozen, batch, key):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen, batch, key)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
-        return params, opt_state, metrics
-
     end = total_steps if stop_after is None else min(total_steps, int(stop_after))
     history: list[dict] = []
     bar = None
@@ -193,7 +201,9 @@ def fit(
     base_key = jax.random.wrap_key_data(rng)
     while step < end:
         batch = batch_fn(step)
-        params, opt_state, metrics = train_step(params, opt_state, frozen, batch, jax.random.fold_in(base_key, step))
+        params, opt_state, metrics = _train_step(
+            loss_fn, optim, total_steps, params, opt_state, frozen, batch, jax.random.fold_in(base_key, step)
+        )
         step += 1
         if step % log_every == 0 or step == end:
             m = {k: float(v) for k, v in metrics.items()}
