@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vggrpo_jax.convert import umt5 as conv
+from vggrpo_jax.data.spm import train_sentencepiece_tokenizer
 from vggrpo_jax.data.text import (
     MAX_LENGTH,
     EmbeddingCache,
@@ -41,21 +42,8 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    """A tiny unigram sentencepiece model trained from a text file, wrapped as a T5 tokenizer, save_pretrained."""
-    root = tmp_path_factory.mktemp("tok")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(CORPUS * 10))
-    spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(root / "sp"), vocab_size=60, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
-    )
-    raw = root / "raw"
-    raw.mkdir()
-    os.replace(root / "sp.model", raw / "spiece.model")
-    tok = transformers.T5Tokenizer.from_pretrained(str(raw), extra_ids=0)
-    out = root / "tokenizer"
-    tok.save_pretrained(str(out))
-    return str(out)
+    """A tiny unigram sentencepiece model trained from the corpus, wrapped as a T5 tokenizer, save_pretrained."""
+    return train_sentencepiece_tokenizer(CORPUS * 10, str(tmp_path_factory.mktemp("tok") / "tokenizer"), vocab_size=60)
 
 
 @pytest.fixture(scope="module")
