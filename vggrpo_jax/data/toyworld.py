@@ -21,7 +21,7 @@ or with per-frame jitter. Each clip comes with everything a geometry model predi
 - ``caption`` naming the objects, which move, and the camera motion; ``camera_motion`` the path's name.
 
 Everything is a deterministic function of the seed (``jax.random.key(seed)``). One jit per (frames, height, width,
-config); ``ToyworldSource`` is a grain-style random-access data source (record i uses seed base_seed + i).
+config) where jitter, dynamic_prob and speed_range do not count (they are traced); ``ToyworldSource`` is a grain-style random-access data source (record i uses seed base_seed + i).
 """
 from __future__ import annotations
 
@@ -98,27 +98,39 @@ class ToyworldConfig:
 # Scene and camera sampling
 
 
-def _sample_scene(key: jax.Array, cfg: ToyworldConfig) -> dict[str, jax.Array]:
+# Config fields passed to the jitted renderer as traced values, so changing them does not recompile.
+_TRACED_FIELDS = ("jitter", "dynamic_prob", "speed_range")
+
+
+def _split_config(cfg: ToyworldConfig) -> tuple[ToyworldConfig, dict[str, jax.Array]]:
+    static = dataclasses.replace(cfg, **{f: getattr(ToyworldConfig, f) for f in _TRACED_FIELDS})
+    traced = dict(jitter=jnp.float32(cfg.jitter), dynamic_prob=jnp.float32(cfg.dynamic_prob),
+                  speed_range=jnp.asarray(cfg.speed_range, jnp.float32))
+    return static, traced
+
+
+def _sample_scene(key: jax.Array, cfg: ToyworldConfig, traced: dict[str, jax.Array]) -> dict[str, jax.Array]:
     n = cfg.num_objects
-    ks = jax.random.split(key, 12)
-    shape = jax.random.bernoulli(ks[0], 0.5, (n,)).astype(jnp.int32)  # 0 box, 1 sphere
-    color = jax.random.permutation(ks[1], len(COLORS))[:n]
+    # One draw for everything: each threefry call is a large XLA computation, and compile time grows with their count.
+    u = iter(jnp.split(jax.random.uniform(key, (10 + 11 * n,)), np.cumsum([n, 8, 1, n, n, 3 * n, n, n, n, n, n])))
+    uni = lambda x, lo, hi: lo + (hi - lo) * x
+    shape = (next(u) < 0.5).astype(jnp.int32)  # 0 box, 1 sphere
+    color = jnp.argsort(next(u))[:n]  # a random permutation of the palette: distinct colours
     # Objects on a ring of evenly spread angles so they rarely intersect.
-    ang = jax.random.uniform(ks[2], (), maxval=2 * jnp.pi) + 2 * jnp.pi * jnp.arange(n) / n
-    ang = ang + jax.random.uniform(ks[3], (n,), minval=-0.3, maxval=0.3)
-    rad = jax.random.uniform(ks[4], (n,), minval=0.5, maxval=1.8) * (n > 1)
-    half = jax.random.uniform(ks[5], (n, 3), minval=0.22, maxval=0.5)
-    sphere_r = jax.random.uniform(ks[6], (n,), minval=0.28, maxval=0.5)
+    ang = uni(next(u)[0], 0.0, 2 * jnp.pi) + 2 * jnp.pi * jnp.arange(n) / n + uni(next(u), -0.3, 0.3)
+    rad = uni(next(u), 0.5, 1.8) * (n > 1)
+    half = uni(next(u).reshape(n, 3), 0.22, 0.5)
+    sphere_r = uni(next(u), 0.28, 0.5)
     height = jnp.where(shape == 1, sphere_r, half[:, 2])
     center = jnp.stack([rad * jnp.cos(ang), rad * jnp.sin(ang), height], -1)
-    yaw = jax.random.uniform(ks[7], (n,), maxval=jnp.pi)
-    moving = jax.random.bernoulli(ks[8], cfg.dynamic_prob, (n,))
-    vdir = jax.random.uniform(ks[9], (n,), maxval=2 * jnp.pi)
-    speed = jax.random.uniform(ks[10], (n,), minval=cfg.speed_range[0], maxval=cfg.speed_range[1])
+    yaw = uni(next(u), 0.0, jnp.pi)
+    moving = next(u) < traced["dynamic_prob"]
+    vdir = uni(next(u), 0.0, 2 * jnp.pi)
+    speed = uni(next(u), traced["speed_range"][0], traced["speed_range"][1])
     vel = jnp.stack([jnp.cos(vdir), jnp.sin(vdir), jnp.zeros_like(vdir)], -1) * (speed * moving)[:, None]
+    motion = jnp.minimum(jnp.floor(next(u)[0] * len(cfg.camera_motions)).astype(jnp.int32), len(cfg.camera_motions) - 1)
     return dict(shape=shape, color=color, center=center, half=half, sphere_r=sphere_r, yaw=yaw, moving=moving,
-                vel=vel, motion=jax.random.randint(ks[11], (), 0, len(cfg.camera_motions)),
-                cam_key=jax.random.fold_in(key, 7))
+                vel=vel, motion=motion)
 
 
 def look_at(eye: jax.Array, target: jax.Array, up=(0.0, 0.0, 1.0)) -> jax.Array:
@@ -140,14 +152,16 @@ def camera_path(key: jax.Array, motion: jax.Array | int, num_frames: int, jitter
     dolly: constant velocity towards it; pan: constant yaw rate in place; crane: constant vertical velocity).
     ``jitter`` adds i.i.d. Gaussian noise of std ``jitter`` × (camera–target distance) to each frame's eye and target.
     """
-    k = jax.random.split(key, 8)
+    # One uniform draw; Gaussian jitter by the inverse normal CDF (fewer threefry calls compile much faster).
+    u = jax.random.uniform(key, (5 + 6 * num_frames,), minval=1e-7, maxval=1 - 1e-7)
     s = jnp.linspace(0.0, 1.0, num_frames) if num_frames > 1 else jnp.zeros((1,))
     target = jnp.array([0.0, 0.0, _TARGET_Z])
-    th0 = jax.random.uniform(k[0], (), maxval=2 * jnp.pi)
-    dist = jax.random.uniform(k[1], (), minval=4.0, maxval=5.5)
-    h = jax.random.uniform(k[2], (), minval=2.0, maxval=3.0)
-    sign = jnp.where(jax.random.bernoulli(k[3]), 1.0, -1.0)
-    sweep = sign * jax.random.uniform(k[4], (), minval=0.5, maxval=1.0)
+    th0 = 2 * jnp.pi * u[0]
+    dist = 4.0 + 1.5 * u[1]
+    h = 2.0 + u[2]
+    sign = jnp.where(u[3] < 0.5, 1.0, -1.0)
+    sweep = sign * (0.5 + 0.5 * u[4])
+    noise = jax.scipy.special.ndtri(u[5:]).reshape(2, num_frames, 3)
     ring = lambda th, r, z: jnp.stack([r * jnp.cos(th), r * jnp.sin(th), z], -1)
     tgt = jnp.broadcast_to(target, (num_frames, 3))
 
@@ -166,8 +180,8 @@ def camera_path(key: jax.Array, motion: jax.Array | int, num_frames: int, jitter
     tgts = jnp.stack([paths[m][1] for m in motions])
     eye, tg = eyes[motion], tgts[motion]
     d = jnp.linalg.norm(tg - eye, axis=-1, keepdims=True)
-    eye = eye + jitter * d * jax.random.normal(k[5], eye.shape)
-    tg = tg + jitter * d * jax.random.normal(k[6], tg.shape)
+    eye = eye + jitter * d * noise[0]
+    tg = tg + jitter * d * noise[1]
     return look_at(eye, tg)
 
 
@@ -263,10 +277,11 @@ def _render_frame(scene, cfg: ToyworldConfig, c2w, K, frame, height, width):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _render(seed: jax.Array, jitter: jax.Array, cfg: ToyworldConfig) -> dict[str, jax.Array]:
+def _render(seed: jax.Array, traced: dict[str, jax.Array], cfg: ToyworldConfig) -> dict[str, jax.Array]:
     F, H, W = cfg.num_frames, cfg.height, cfg.width
-    scene = _sample_scene(jax.random.key(seed), cfg)
-    c2w = camera_path(scene["cam_key"], scene["motion"], F, jitter, cfg.camera_motions)
+    k_scene, k_cam = jax.random.split(jax.random.key(seed))
+    scene = _sample_scene(k_scene, cfg, traced)
+    c2w = camera_path(k_cam, scene["motion"], F, traced["jitter"], cfg.camera_motions)
     K = toyworld_intrinsics(H, W, cfg.fov_deg)
     frames = jnp.arange(F, dtype=jnp.float32)
     out = jax.lax.map(lambda a: _render_frame(scene, cfg, a[0], K, a[1], H, W), (c2w, frames))
@@ -279,7 +294,7 @@ def _render(seed: jax.Array, jitter: jax.Array, cfg: ToyworldConfig) -> dict[str
     out["scene_flow_per_view"] = vel_px(obj)
     out["c2w"] = c2w
     out["intrinsics"] = jnp.broadcast_to(K, (F, 3, 3))
-    out["scene"] = {k: v for k, v in scene.items() if k != "cam_key"}
+    out["scene"] = scene
     return out
 
 
@@ -319,14 +334,15 @@ def render_clip(seed: int, num_frames: int | None = None, height: int | None = N
     """Render clip ``seed``: a dict of numpy arrays (see the module docstring) plus ``caption`` and ``camera_motion``.
 
     ``num_frames``, ``height``, ``width`` and any ``ToyworldConfig`` field given as a keyword override ``config``.
-    The same seed and config always give the same clip. Compiles once per config (shape); ``jitter`` is traced.
+    The same seed and config always give the same clip. Compiles once per config (shape); ``jitter``,
+    ``dynamic_prob`` and ``speed_range`` are traced.
     """
     if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**31:
         raise ValueError(f"seed must be an int in [0, 2**31), got {seed!r}")
     cfg = _config(config, num_frames=num_frames, height=height, width=width, **overrides)
     jitter = cfg.jitter
-    static_cfg = dataclasses.replace(cfg, jitter=0.0)  # jitter is a traced argument: no recompile per amplitude
-    out = jax.device_get(_render(jnp.int32(seed), jnp.float32(jitter), static_cfg))
+    static_cfg, traced = _split_config(cfg)  # jitter, dynamic_prob, speed_range are traced: no recompile
+    out = jax.device_get(_render(jnp.int32(seed), traced, static_cfg))
     scene = out.pop("scene")
     motion = cfg.camera_motions[int(scene["motion"])]
     clip = {k: np.asarray(v) for k, v in out.items()}
@@ -340,8 +356,8 @@ def render_clip(seed: int, num_frames: int | None = None, height: int | None = N
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _scenes(seeds: jax.Array, cfg: ToyworldConfig):
-    return jax.vmap(lambda s: {k: v for k, v in _sample_scene(jax.random.key(s), cfg).items() if k != "cam_key"})(seeds)
+def _scenes(seeds: jax.Array, traced: dict[str, jax.Array], cfg: ToyworldConfig):
+    return jax.vmap(lambda s: _sample_scene(jax.random.split(jax.random.key(s))[0], cfg, traced))(seeds)
 
 
 def make_prompts(n: int, seed: int = 0, config: ToyworldConfig | None = None) -> list[str]:
@@ -351,7 +367,8 @@ def make_prompts(n: int, seed: int = 0, config: ToyworldConfig | None = None) ->
     if n == 0:
         return []
     cfg = _config(config)
-    scenes = jax.device_get(_scenes(jnp.arange(seed, seed + n, dtype=jnp.int32), dataclasses.replace(cfg, jitter=0.0)))
+    static_cfg, traced = _split_config(cfg)
+    scenes = jax.device_get(_scenes(jnp.arange(seed, seed + n, dtype=jnp.int32), traced, static_cfg))
     return [
         _caption({k: v[i] for k, v in scenes.items()}, cfg.camera_motions[int(scenes["motion"][i])], cfg.jitter)
         for i in range(n)
