@@ -318,3 +318,22 @@ def test_sharded_step_matches_single_device(batch, train_setup):
     for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(ref_state)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
     assert float(jnp.max(jnp.abs(new_state.params["lora_b"] - trainable["lora_b"]))) > 1e-4  # it did move
+
+
+def test_config_errors_are_clear(batch):
+    trainable, frozen, traj, adv, cond, uncond = batch
+    with pytest.raises(ValueError, match="reference_fn"):
+        grpo_loss(trainable, frozen, traj, adv, cond, uncond, policy_fn=policy_fn, reference_fn=None,
+                  config=config(beta=0.004))
+    with pytest.raises(ValueError, match="clip_eps"):
+        config(clip_eps=0.0)
+    with pytest.raises(ValueError, match="beta"):
+        config(beta=-1.0)
+    with pytest.raises(TypeError, match="NoiseRule"):
+        GrpoConfig(noise_rule="flow_grpo_wan")
+    with pytest.raises(ValueError, match="must be \\(16,\\)"):
+        grpo_loss(trainable, frozen, traj, adv[:3], cond, uncond, policy_fn=policy_fn, reference_fn=reference_fn,
+                  config=config())
+    with pytest.raises(ValueError, match="micro-batches"):
+        accumulate_gradients(trainable, frozen, traj, adv, cond, uncond, policy_fn=policy_fn,
+                             reference_fn=reference_fn, config=config(), num_micro_batches=3)

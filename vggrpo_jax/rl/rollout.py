@@ -168,8 +168,8 @@ def rollout(
         raise ValueError(f"x_init must be (B, ...), got shape {x_init.shape}")
     b = x_init.shape[0]
     text2 = None if uncond is None else cfg_text(cond, uncond, b)
-    if uncond is None:
-        tree_batch_size(cond, "cond")
+    if uncond is None and tree_batch_size(cond, "cond") != b:
+        raise ValueError(f"cond has batch {tree_batch_size(cond, 'cond')}, latents have batch {b}")
 
     if sde_window is None:
         sde_mask = jnp.ones((num_steps,), bool)
@@ -179,7 +179,9 @@ def rollout(
         if not isinstance(length, (int, np.integer)) or not 1 <= length <= num_steps:
             raise ValueError(f"sde_window length must be an int in [1, {num_steps}], got {length!r}")
         if not isinstance(start, jax.core.Tracer) and not 0 <= int(start) <= num_steps - length:
-            raise ValueError(f"sde_window start {int(start)} must lie in [0, {num_steps - length}] for {num_steps} steps")
+            raise ValueError(
+                f"sde_window start {int(start)} must lie in [0, {num_steps - length}] for {num_steps} steps"
+            )
         start = jnp.clip(jnp.asarray(start, jnp.int32), 0, num_steps - length)
         idx = jnp.arange(num_steps, dtype=jnp.int32)
         sde_mask = (idx >= start) & (idx < start + length)

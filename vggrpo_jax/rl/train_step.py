@@ -145,10 +145,10 @@ def accumulate_gradients(
     zero_metrics["ratio_max"] = jnp.asarray(-jnp.inf, jnp.float32)
 
     def add_metrics(acc, new):
-        out = {}
-        for k in acc:
-            out[k] = (jnp.minimum if k.endswith("_min") else jnp.maximum if k.endswith("_max") else jnp.add)(acc[k], new[k])
-        return out
+        def combine(k):
+            return jnp.minimum if k.endswith("_min") else jnp.maximum if k.endswith("_max") else jnp.add
+
+        return {k: combine(k)(acc[k], new[k]) for k in acc}
 
     def micro_body(carry, mb):
         sub = traj.replace(latents=mb["latents"], log_probs=mb["log_probs"])
