@@ -22,8 +22,8 @@ from vggrpo_jax.rl import (
     grpo_loss,
     init_train_state,
     make_noise_rule,
+    make_rollout_fn,
     make_train_step,
-    rollout,
     wan_sigmas,
 )
 from vggrpo_jax.rl.sharding import batch_leading_sharding, replicated_sharding, trajectory_sharding
@@ -88,11 +88,12 @@ def config(beta=0.004, clip_eps=1e-3):
     return GrpoConfig(noise_rule=RULE, clip_eps=clip_eps, beta=beta, cfg_scale=CFG)
 
 
-@jax.jit
+_rollout_fn = make_rollout_fn(policy_fn, SIGMAS, RULE, cfg_scale=CFG)
+
+
 def do_rollout(trainable, frozen, key, cond, uncond):
     x_init = jax.random.normal(jax.random.fold_in(key, 10_000), (B, C))
-    vel = lambda x, t, text: policy_fn(trainable, frozen, x, t, text)  # noqa: E731
-    return rollout(vel, x_init, SIGMAS, key, noise_rule=RULE, cond=cond, uncond=uncond, cfg_scale=CFG)
+    return _rollout_fn(trainable, frozen, x_init, key, cond, uncond)
 
 
 @pytest.fixture(scope="module")
@@ -337,3 +338,20 @@ def test_config_errors_are_clear(batch):
     with pytest.raises(ValueError, match="micro-batches"):
         accumulate_gradients(trainable, frozen, traj, adv, cond, uncond, policy_fn=policy_fn,
                              reference_fn=reference_fn, config=config(), num_micro_batches=3)
+
+
+def test_fast_window_trains_only_the_window(batch):
+    """Flow-GRPO-Fast: only the SDE window is trained; ODE steps (log-prob 0) would give ratios far from 1."""
+    trainable, frozen, _, _, cond, uncond = batch
+    fast = make_rollout_fn(policy_fn, SIGMAS, RULE, cfg_scale=CFG, sde_window_length=2)
+    x_init = jax.random.normal(jax.random.PRNGKey(3), (B, C))
+    traj = fast(trainable, frozen, x_init, jax.random.PRNGKey(4), cond, uncond, jnp.int32(1))
+    np.testing.assert_array_equal(traj.train_steps, [1, 2])
+    adv = group_advantages({"dist": reward_fn(traj.z0)}).reshape(B)
+    _, m = _loss(trainable, frozen, traj, adv, cond, uncond, config())
+    assert abs(float(m["ratio_min"]) - 1) < 1e-5 and abs(float(m["ratio_max"]) - 1) < 1e-5
+    _, m_all = _loss(trainable, frozen, traj.replace(train_steps=jnp.arange(2, dtype=jnp.int32)), adv, cond, uncond,
+                     config())
+    assert float(m_all["clipfrac"]) > 0.4  # step 0 is an ODE step: training it would be wrong, and visibly so
+    with pytest.raises(ValueError, match="window_start"):
+        fast(trainable, frozen, x_init, jax.random.PRNGKey(4), cond, uncond)

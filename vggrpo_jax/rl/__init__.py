@@ -7,7 +7,15 @@ code. Advantages come from vggrpo_jax.rewards.
 
 from vggrpo_jax.rl.ema import EmaConfig, ema_decay, ema_update
 from vggrpo_jax.rl.grpo import GrpoConfig, PolicyFn, grpo_loss, step_loss
-from vggrpo_jax.rl.rollout import Trajectory, VelocityFn, guided_velocity, num_train_steps, ode_sample, rollout
+from vggrpo_jax.rl.rollout import (
+    Trajectory,
+    VelocityFn,
+    guided_velocity,
+    make_rollout_fn,
+    num_train_steps,
+    ode_sample,
+    rollout,
+)
 from vggrpo_jax.rl.schedule import timesteps, wan_sigmas
 from vggrpo_jax.rl.sde import (
     NOISE_RULES,
@@ -33,7 +41,7 @@ from vggrpo_jax.rl.train_step import (
 __all__ = [
     "EmaConfig", "ema_decay", "ema_update",
     "GrpoConfig", "PolicyFn", "grpo_loss", "step_loss",
-    "Trajectory", "VelocityFn", "guided_velocity", "num_train_steps", "ode_sample", "rollout",
+    "Trajectory", "VelocityFn", "guided_velocity", "make_rollout_fn", "num_train_steps", "ode_sample", "rollout",
     "timesteps", "wan_sigmas",
     "NOISE_RULES", "NoiseRule", "gaussian_kl_same_std", "log_prob", "make_noise_rule", "noise_level", "ode_step",
     "sde_step", "sde_step_mean_std",

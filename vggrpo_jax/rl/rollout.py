@@ -234,3 +234,39 @@ def ode_sample(
 
     z0, _ = jax.lax.scan(body, x_init.astype(jnp.float32), (s[:-1], s[1:], t_all))
     return z0
+
+
+def make_rollout_fn(
+    policy_fn: Callable[..., jax.Array],
+    sigmas: Any,
+    noise_rule: NoiseRule,
+    *,
+    cfg_scale: float = 1.0,
+    sde_window_length: int | None = None,
+    train_fraction: float = 0.99,
+    jit: bool = True,
+    in_shardings: Any = None,
+    out_shardings: Any = None,
+):
+    """Builds rollout_fn(trainable, frozen, x_init, key, cond, uncond, window_start=None) -> Trajectory.
+
+    `policy_fn(trainable, frozen, x, t, text)` is the training signature (grpo.PolicyFn); the rollout uses the current
+    trainable params, so the stored log-probs are those of θ_old. With `sde_window_length` set, `window_start` (an
+    int, may vary per call without recompiling) places the Flow-GRPO-Fast window; otherwise it must be None.
+    Shardings are forwarded to jax.jit as given (in the argument order above).
+    """
+    s, _ = _schedule(sigmas)
+    del s  # validated once here, not per call
+
+    def rollout_fn(trainable, frozen, x_init, key, cond, uncond, window_start=None):
+        if (window_start is None) != (sde_window_length is None):
+            raise ValueError("window_start must be given exactly when sde_window_length is set")
+        window = None if sde_window_length is None else (window_start, sde_window_length)
+        vel = lambda x, t, text: policy_fn(trainable, frozen, x, t, text)  # noqa: E731
+        return rollout(vel, x_init, sigmas, key, noise_rule=noise_rule, cond=cond, uncond=uncond,
+                       cfg_scale=cfg_scale, sde_window=window, train_fraction=train_fraction)
+
+    if not jit:
+        return rollout_fn
+    kwargs = {k: v for k, v in (("in_shardings", in_shardings), ("out_shardings", out_shardings)) if v is not None}
+    return jax.jit(rollout_fn, **kwargs)
