@@ -202,3 +202,36 @@ def test_sharded_rollout_matches_single_device(traj_and_inputs):
     assert out.latents.addressable_shards[0].data.shape[1] == 1
     np.testing.assert_allclose(out.latents, ref.latents, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(out.log_probs, ref.log_probs, rtol=1e-6, atol=1e-6)
+
+
+def test_branch_rollout_shares_the_ode_path_then_branches():
+    from vggrpo_jax.rl.rollout import branch_rollout
+
+    cond, uncond = make_text()
+    rule = make_noise_rule("flow_grpo_wan", SIGMAS)
+    p, k, branch, n_sde = 2, 3, 2, 2
+    cond_p = jax.tree.map(lambda a: a[:p], cond)
+    x_init = np.random.default_rng(8).standard_normal((p, C)).astype(np.float32)
+    traj = jax.jit(lambda x, c, u: branch_rollout(
+        velocity_fn, x, SIGMAS, jax.random.PRNGKey(2), group_size=k, branch_step=branch, sde_steps=n_sde,
+        noise_rule=rule, cond=c, uncond=u, cfg_scale=W_SCALE))(x_init, cond_p, uncond)
+    assert traj.latents.shape == (T + 1, p * k, C)
+    np.testing.assert_array_equal(traj.train_steps, [2, 3])
+    np.testing.assert_array_equal(traj.sde_mask, [False, False, True, True, False, False])
+    lat = np.asarray(traj.latents).reshape(T + 1, p, k, C)
+    # Up to the branch every copy of a prompt sits on the same deterministic path, after it they differ.
+    for i in range(branch + 1):
+        np.testing.assert_array_equal(lat[i], np.repeat(lat[i][:, :1], k, axis=1))
+    assert np.min(np.abs(lat[-1][:, 0] - lat[-1][:, 1])) > 1e-4
+    # Every non-window step is the Euler ODE step with its prompt's text (group-major rows).
+    cond_b = jax.tree.map(lambda a: np.repeat(a, k, axis=0), cond_p)
+    for i in range(T):
+        x = np.asarray(traj.latents[i], np.float64)
+        t = np.full((p * k,), int(float(SIGMAS[i]) * 1000), np.float64)
+        ode = x + (float(SIGMAS[i + 1]) - float(SIGMAS[i])) * np_cfg_velocity(x, t, cond_b, uncond)
+        diff = np.max(np.abs(np.asarray(traj.latents[i + 1]) - ode))
+        assert (diff > 1e-3) if traj.sde_mask[i] else (diff < 1e-5), i
+    assert np.all(np.asarray(traj.log_probs)[[0, 1, 4, 5]] == 0) and np.all(np.asarray(traj.log_probs)[[2, 3]] != 0)
+    with pytest.raises(ValueError, match="branch_step"):
+        branch_rollout(velocity_fn, x_init, SIGMAS, jax.random.PRNGKey(2), group_size=k, branch_step=5, sde_steps=2,
+                       noise_rule=rule, cond=cond_p, uncond=uncond)

@@ -10,6 +10,7 @@ from vggrpo_jax.rl.grpo import GrpoConfig, PolicyFn, grpo_loss, step_loss
 from vggrpo_jax.rl.rollout import (
     Trajectory,
     VelocityFn,
+    branch_rollout,
     guided_velocity,
     make_rollout_fn,
     num_train_steps,
@@ -41,7 +42,7 @@ from vggrpo_jax.rl.train_step import (
 __all__ = [
     "EmaConfig", "ema_decay", "ema_update",
     "GrpoConfig", "PolicyFn", "grpo_loss", "step_loss",
-    "Trajectory", "VelocityFn", "guided_velocity", "make_rollout_fn", "num_train_steps", "ode_sample", "rollout",
+    "Trajectory", "VelocityFn", "branch_rollout", "guided_velocity", "make_rollout_fn", "num_train_steps", "ode_sample", "rollout",
     "timesteps", "wan_sigmas",
     "NOISE_RULES", "NoiseRule", "gaussian_kl_same_std", "log_prob", "make_noise_rule", "noise_level", "ode_step",
     "sde_step", "sde_step_mean_std",

@@ -270,3 +270,70 @@ def make_rollout_fn(
         return rollout_fn
     kwargs = {k: v for k, v in (("in_shardings", in_shardings), ("out_shardings", out_shardings)) if v is not None}
     return jax.jit(rollout_fn, **kwargs)
+
+
+def branch_rollout(
+    velocity_fn: VelocityFn,
+    x_init: jax.Array,
+    sigmas: Any,
+    key: jax.Array,
+    *,
+    group_size: int,
+    branch_step: int,
+    sde_steps: int,
+    noise_rule: NoiseRule,
+    cond: Any,
+    uncond: Any | None = None,
+    cfg_scale: float | jax.Array = 1.0,
+) -> Trajectory:
+    """Branching rollout: ONE ODE path per prompt up to `branch_step`, then K = group_size copies that take
+    `sde_steps` stochastic (trained) steps and finish with ODE steps.
+
+    x_init: (P, ...) one initial noise per prompt; cond: text pytree with leading dim P (uncond: 1 or P).
+    Returns a Trajectory over B = P·K rows, group-major (row p·K + k: prompt p, copy k, the order of
+    rewards.group_advantages' (P, K) reshape); latents before the branch are the shared path repeated K times,
+    train_steps = branch_step .. branch_step + sde_steps − 1. The pre-branch ODE costs P instead of P·K rows.
+    """
+    s, t_all = _schedule(sigmas)
+    num_steps = s.shape[0] - 1
+    for name, val in (("group_size", group_size), ("branch_step", branch_step), ("sde_steps", sde_steps)):
+        if not isinstance(val, (int, np.integer)):
+            raise ValueError(f"branch_rollout: {name} must be a Python int (it fixes shapes), got {val!r}")
+    if group_size < 1 or sde_steps < 1 or not 0 <= branch_step <= num_steps - sde_steps:
+        raise ValueError(
+            f"branch_rollout: need group_size >= 1, sde_steps >= 1 and 0 <= branch_step <= {num_steps} - sde_steps; "
+            f"got group_size={group_size}, branch_step={branch_step}, sde_steps={sde_steps}"
+        )
+    p = x_init.shape[0]
+    np_sigmas = np.asarray(sigmas, np.float32)
+    repeat = lambda a: jnp.repeat(a, group_size, axis=0)  # noqa: E731
+
+    x = x_init.astype(jnp.float32)
+    shared = [x]
+    if branch_step > 0:
+        text2 = None if uncond is None else cfg_text(cond, uncond, p)
+
+        def body(x, inp):
+            sigma, sigma_next, t = inp
+            v = guided_velocity(velocity_fn, x, jnp.full((p,), t, jnp.int32), cond, uncond, cfg_scale, text2)
+            x = ode_step(x, v, sigma, sigma_next)
+            return x, x
+
+        x, path = jax.lax.scan(body, x, (s[:branch_step], s[1:branch_step + 1], t_all[:branch_step]))
+        shared.append(path)
+    shared = jnp.concatenate([shared[0][None]] + ([shared[1]] if branch_step > 0 else []), axis=0)
+
+    rep_cond = jax.tree.map(repeat, cond)
+    rep_uncond = None if uncond is None else jax.tree.map(
+        lambda u: u if u.shape[0] == 1 else repeat(u), uncond)
+    tail = rollout(velocity_fn, repeat(x), np_sigmas[branch_step:], key, noise_rule=noise_rule, cond=rep_cond,
+                   uncond=rep_uncond, cfg_scale=cfg_scale, sde_window=(0, sde_steps))
+    b = p * group_size
+    return Trajectory(
+        latents=jnp.concatenate([jax.vmap(repeat)(shared[:-1]), tail.latents], axis=0),
+        log_probs=jnp.concatenate([jnp.zeros((branch_step, b), jnp.float32), tail.log_probs], axis=0),
+        sigmas=s,
+        timesteps=t_all,
+        sde_mask=jnp.concatenate([jnp.zeros((branch_step,), bool), tail.sde_mask]),
+        train_steps=tail.train_steps + branch_step,
+    )
