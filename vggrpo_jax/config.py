@@ -29,6 +29,8 @@ def base_config() -> ConfigDict:
     """The paper-like GRPO setup on Wan2.1-T2V-1.3B (Flow-GRPO's Wan settings + VGGRPO's rewards)."""
     c = ConfigDict()
     c.seed = 0
+    # Random weights for any component without a checkpoint: ONLY for toy runs and tests (configs/toy.py).
+    c.allow_random_init = False
 
     c.mesh = ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
     # Multi-host: set coordinator_address/num_processes/process_id, or auto=True on TPU pods / SLURM.
@@ -45,7 +47,9 @@ def base_config() -> ConfigDict:
             attention="auto",
         )
     )
-    c.lora = ConfigDict(dict(rank=32, alpha=64.0, targets=["attn1.to_[qkv]", "attn1.to_out", "attn2.to_[qkv]", "attn2.to_out"]))
+    # LoRA on q, k, v, o of self- (attn1) and cross-attention (attn2): regexes searched in module paths.
+    c.lora = ConfigDict(dict(rank=32, alpha=64.0, targets=[r"attn[12]\.to_q$", r"attn[12]\.to_k$", r"attn[12]\.to_v$",
+                                                           r"attn[12]\.to_out$"], init_seed=0))
     c.vae = ConfigDict(dict(preset="wan21", checkpoint="", dtype="float32"))
     c.text = ConfigDict(
         dict(
@@ -54,18 +58,26 @@ def base_config() -> ConfigDict:
             checkpoint="",  # orbax dir written by tools/convert_umt5.py
             cache_dir="",  # embedding cache (tools/cache_text_embeddings.py); skips the encoder when filled
             max_length=512,
+            batch_size=8,
+            dtype="bfloat16",  # matmul dtype of the encoder
+            toy_dim=32,  # width of the random tiny encoder of toy runs
         )
     )
-    c.lgm = ConfigDict(dict(checkpoint=""))  # directory written by `python -m vggrpo_jax.train_lgm`
+    # The geometry teacher the LGM was stitched into (its tail runs inside the LGM; the whole model is the RGB
+    # evaluator). Same keys as configs/lgm_*.py.
+    c.any4d = ConfigDict(dict(preset="full", checkpoint="", dtype="bfloat16", lora_rank=64, lora_alpha=32.0))
+    # checkpoint: the directory written by `python -m vggrpo_jax.train_lgm` (<its workdir>/lgm); or build_config: an
+    # LGM config file to construct the LGM first, in <workdir>/lgm (toy runs).
+    c.lgm = ConfigDict(dict(checkpoint="", build_config=""))
 
     c.video = ConfigDict(dict(num_frames=33, height=240, width=416, fps=16))
-    c.prompts = ConfigDict(dict(path="", eval_path="", split="all"))
+    # path: .txt (one prompt per line) or .jsonl ({"prompt": ..., "split": "static"|"dynamic"}), or "toyworld".
+    c.prompts = ConfigDict(dict(path="", eval_path="", split="all", toyworld_count=64))
 
     c.rl = ConfigDict(
         dict(
             group_size=4,  # K samples per prompt
-            prompts_per_batch=8,  # P prompts per rollout batch (global, over all hosts)
-            batches_per_iteration=2,
+            prompts_per_batch=8,  # P prompts per iteration (global, over all hosts); P·K samples per update
             num_steps=20,
             shift=3.0,
             cfg_scale=4.5,
@@ -86,8 +98,8 @@ def base_config() -> ConfigDict:
             top_k=3,
             relative=True,  # errors divided by the scene's median depth (False: the paper's literal absolute error)
             leave_one_out=True,
-            flow_threshold=0.05,
-            conf_quantile=0.0,
+            flow_threshold=0.01,  # dynamic: |flow| > threshold × median depth
+            conf_quantile=0.1,  # drop the least confident 10% of points
             render_stride=1,
             adv_clip=5.0,
         )
@@ -131,10 +143,14 @@ def validate(c: ConfigDict) -> ConfigDict:
     _choice(c, "dit.attention", ATTENTION)
     _choice(c, "vae.preset", VAE_PRESETS)
     _choice(c, "text.preset", TEXT_PRESETS)
+    _choice(c, "text.dtype", DTYPES)
+    _choice(c, "any4d.preset", ("full", "tiny"))
+    _choice(c, "any4d.dtype", DTYPES)
+    _choice(c, "prompts.split", ("all", "static", "dynamic"))
     _choice(c, "rl.noise_rule", NOISE_RULES)
-    for key in ("rl.group_size", "rl.prompts_per_batch", "rl.batches_per_iteration", "rl.num_steps", "rl.cfg_scale",
+    for key in ("rl.group_size", "rl.prompts_per_batch", "rl.num_steps", "rl.cfg_scale",
                 "rl.clip_eps", "rl.inner_epochs", "optim.lr", "train.num_iterations", "video.height", "video.width",
-                "video.fps", "ema.every", "text.max_length", "rewards.top_k"):
+                "video.fps", "ema.every", "text.max_length", "text.batch_size", "rewards.top_k"):
         _positive(c, key)
     for key in ("rl.beta", "rl.micro_batch_size", "rl.sde_window_size", "lora.rank", "optim.weight_decay",
                 "optim.grad_clip", "optim.warmup_steps", "rewards.flow_threshold", "rewards.render_stride",

@@ -3,6 +3,7 @@
 from vggrpo_jax.parallel.mesh import MESH_AXES, initialize_distributed, make_mesh
 from vggrpo_jax.parallel.rules import DEFAULT_RULES, logical_to_spec, logical_sharding
 from vggrpo_jax.parallel.placement import (
+    abstract_placed,
     abstract_state_shardings,
     batch_sharding,
     constrain,
@@ -21,6 +22,7 @@ __all__ = [
     "make_mesh",
     "logical_to_spec",
     "logical_sharding",
+    "abstract_placed",
     "abstract_state_shardings",
     "batch_sharding",
     "constrain",

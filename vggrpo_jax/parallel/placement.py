@@ -152,3 +152,17 @@ def host_local_to_global(local_batch: Any, mesh: Mesh, rules: Rules | None = Non
         return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim, rules), x)
 
     return jax.tree.map(put, local_batch)
+
+
+def abstract_placed(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
+    """`state` (e.g. from nnx.eval_shape) with every leaf a ShapeDtypeStruct carrying its target sharding.
+
+    What ahead-of-time compilation (`jax.jit(f).lower(...)`) needs to see per-device shapes without any weights.
+    """
+    shardings = abstract_state_shardings(state, mesh, rules)
+
+    def one(variable, sharding):
+        value = variable.get_value()
+        return variable.replace(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding))
+
+    return jax.tree.map(one, state, shardings, is_leaf=lambda v: isinstance(v, nnx.Variable))

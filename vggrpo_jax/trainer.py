@@ -1,0 +1,191 @@
+"""One GRPO iteration in latent space, as three jitted stages:
+
+    rollout   P prompts × K samples: SDE sampling with the LoRA policy (CFG, independent noise per sample)
+              → Trajectory {x_i, log p_i} and z0                                       (rl/rollout.py)
+    rewards   z0 → LGM → SceneGeometry → r_motion, r_geo (no VAE decoding)             (lgm/, rewards/)
+              → group-normalised advantages A = Σ_j w_j·z_j / Σ_j w_j, clipped         (rewards/advantages.py)
+    update    clipped surrogate + β·KL to the adapters-off reference, accumulated over micro-batches and trained
+              steps → grad clip → AdamW on the LoRA pytree → EMA, skipped on any non-finite value  (rl/train_step.py)
+
+Sample b of a batch is prompt b // K, member b % K of its group. Every batch-dim array is split over the mesh's
+batch axes ("data", "fsdp"); the frozen base weights are FSDP-sharded by their logical axes; all three stages are
+jitted under `jax.set_mesh(mesh)` and follow those input shardings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from vggrpo_jax import rl
+from vggrpo_jax.parallel import constrain
+from vggrpo_jax.policy import Policy
+from vggrpo_jax.rewards import group_advantages, motion_smoothness, reprojection_consistency
+
+REWARD_NAMES = ("motion", "geo")
+
+
+def latent_shape(config: Any, vae_config: Any, channels: int) -> tuple[int, int, int, int]:
+    """(C, F', H', W') of the latents for config.video (F = 1 + 4k frames, H and W multiples of the VAE stride)."""
+    v = config.video
+    s, ts = vae_config.spatial_stride, vae_config.temporal_stride
+    if v.height % s or v.width % s:
+        raise ValueError(f"video {v.height}×{v.width} is not a multiple of the VAE's spatial stride {s}")
+    if (v.num_frames - 1) % ts:
+        raise ValueError(f"video.num_frames={v.num_frames} must be 1 + {ts}·k")
+    return channels, 1 + (v.num_frames - 1) // ts, v.height // s, v.width // s
+
+
+def geometry_rewards(geometry: Any, reward_config: Any) -> dict[str, jax.Array]:
+    """SceneGeometry with batch dim B → {"motion": (B,), "geo": (B,), "e_trans", "e_rot"} (float32)."""
+    motion = motion_smoothness(geometry.c2w)
+    geo = reprojection_consistency(
+        geometry,
+        top_k=int(reward_config.top_k),
+        leave_one_out=bool(reward_config.leave_one_out),
+        normalize=bool(reward_config.relative),
+        stride=int(reward_config.render_stride),
+        conf_quantile=float(reward_config.conf_quantile),
+        flow_threshold=float(reward_config.flow_threshold),
+    )
+    return {"motion": motion.reward, "geo": geo.reward, "e_trans": motion.e_trans, "e_rot": motion.e_rot}
+
+
+def _stats(name: str, x: jax.Array) -> dict[str, jax.Array]:
+    return {f"{name}_mean": jnp.mean(x), f"{name}_std": jnp.std(x)}
+
+
+@dataclasses.dataclass
+class GRPOTrainer:
+    """The jitted stages of a GRPO iteration for one policy, one LGM and one latent shape."""
+
+    config: Any  # the training ConfigDict
+    policy: Policy
+    lgm_graphdef: Any
+    lgm_state: Any
+    latent: tuple[int, int, int, int]  # (C, F', H', W')
+    mesh: Mesh | None = None
+
+    def __post_init__(self):
+        c = self.config
+        self.group_size = int(c.rl.group_size)
+        self.sigmas = np.asarray(rl.wan_sigmas(int(c.rl.num_steps), float(c.rl.shift)))
+        scale = {"flow_grpo_wan": None, "sd3": float(c.rl.noise_a), "constant": float(c.rl.noise_eta)}[c.rl.noise_rule]
+        self.noise_rule = rl.make_noise_rule(c.rl.noise_rule, self.sigmas, scale)
+        self.grpo_config = rl.GrpoConfig(
+            noise_rule=self.noise_rule, clip_eps=float(c.rl.clip_eps), beta=float(c.rl.beta),
+            cfg_scale=float(c.rl.cfg_scale),
+        )
+        batch = int(c.rl.prompts_per_batch) * self.group_size
+        micro = int(c.rl.micro_batch_size) or batch
+        self.update_config = rl.UpdateConfig(
+            num_micro_batches=batch // micro,
+            max_grad_norm=float(c.optim.grad_clip) or None,
+            ema=rl.EmaConfig(max_decay=float(c.ema.decay), every=int(c.ema.every)),
+        )
+        lr: Any = float(c.optim.lr)
+        if int(c.optim.warmup_steps) > 0:
+            lr = optax.linear_schedule(0.0, lr, int(c.optim.warmup_steps))
+        self.optimizer = rl.make_optimizer(lr, float(c.optim.b1), float(c.optim.b2), float(c.optim.eps),
+                                           float(c.optim.weight_decay))
+        reference = self.policy.reference_velocity if float(c.rl.beta) > 0 else None
+        self._train_step = rl.make_train_step(self.policy.velocity, reference, self.optimizer, self.grpo_config,
+                                              self.update_config)
+        self._rollout = jax.jit(self._rollout_impl)
+        self._sample = jax.jit(self._ode_impl, static_argnums=(5,))
+        self._rewards = jax.jit(self._rewards_impl)
+        self._geometry_rewards = jax.jit(
+            lambda lgm_state, z0: geometry_rewards(nnx.merge(self.lgm_graphdef, lgm_state)(z0), self.config.rewards)
+        )
+
+    # ------------------------------------------------------------------------------------------------ state
+    def init_state(self) -> rl.TrainState:
+        return rl.init_train_state(self.policy.lora, self.optimizer, ema=True)
+
+    # ------------------------------------------------------------------------------------------------ stages
+    def _noise(self, key: jax.Array, batch: int) -> jax.Array:
+        x = jax.random.normal(key, (batch,) + tuple(self.latent), jnp.float32)
+        return constrain(x, ("batch", None, None, None, None))
+
+    def _window(self, key: jax.Array) -> tuple[jax.Array, int] | None:
+        size = int(self.config.rl.sde_window_size)
+        if size <= 0:
+            return None
+        start = jax.random.randint(key, (), 0, int(self.config.rl.num_steps) - size + 1)
+        return start, size
+
+    def _rollout_impl(self, lora, frozen, cond, uncond, key):
+        k_noise, k_sde, k_window = jax.random.split(key, 3)
+        x_init = self._noise(k_noise, cond.shape[0])
+        velocity = functools.partial(self.policy.velocity, lora, frozen)
+        return rl.rollout(
+            velocity, x_init, self.sigmas, k_sde, noise_rule=self.noise_rule, cond={"emb": cond},
+            uncond={"emb": uncond}, cfg_scale=float(self.config.rl.cfg_scale), sde_window=self._window(k_window),
+            train_fraction=float(self.config.rl.timestep_fraction),
+        )
+
+    def _ode_impl(self, lora, frozen, cond, uncond, key, num_steps: int):
+        sigmas = np.asarray(rl.wan_sigmas(num_steps, float(self.config.rl.shift)))
+        velocity = functools.partial(self.policy.velocity, lora, frozen)
+        return rl.ode_sample(velocity, self._noise(key, cond.shape[0]), sigmas, cond={"emb": cond},
+                             uncond={"emb": uncond}, cfg_scale=float(self.config.rl.cfg_scale))
+
+    def _rewards_impl(self, lgm_state, z0):
+        lgm = nnx.merge(self.lgm_graphdef, lgm_state)
+        rewards = geometry_rewards(lgm(z0), self.config.rewards)
+        b = z0.shape[0]
+        p, k = b // self.group_size, self.group_size
+        grouped = {n: rewards[n].reshape(p, k) for n in REWARD_NAMES}
+        weights = {n: float(self.config.rewards.weights[n]) for n in REWARD_NAMES}
+        adv = group_advantages(grouped, weights, clip=float(self.config.rewards.adv_clip)).reshape(b)
+        metrics = {}
+        for n in REWARD_NAMES:
+            metrics.update(_stats(f"reward/{n}", rewards[n]))
+            # Groups whose K samples all scored the same carry no learning signal for this reward.
+            metrics[f"reward/{n}_zero_std_frac"] = jnp.mean(jnp.std(grouped[n], axis=1) == 0)
+        metrics.update(_stats("reward/e_trans", rewards["e_trans"]))
+        metrics.update(_stats("reward/e_rot", rewards["e_rot"]))
+        metrics.update(_stats("advantage", adv))
+        metrics["advantage/abs_max"] = jnp.max(jnp.abs(adv))
+        raw = jnp.stack([rewards[n] for n in REWARD_NAMES], axis=-1)
+        return adv, raw, metrics
+
+    # ------------------------------------------------------------------------------------------------ API
+    def iteration(self, state: rl.TrainState, cond: jax.Array, uncond: jax.Array, key: jax.Array):
+        """rollout → rewards → update(s). cond (B, L, D) with rows grouped by prompt; uncond (1, L, D).
+
+        Returns (new state, metrics dict of Python floats, z0).
+        """
+        with _maybe_mesh(self.mesh):
+            traj = self._rollout(state.params, self.policy.frozen, cond, uncond, key)
+            adv, raw, metrics = self._rewards(self.lgm_state, traj.z0)
+            for _ in range(int(self.config.rl.inner_epochs)):
+                state, update_metrics = self._train_step(state, self.policy.frozen, traj, adv, {"emb": cond},
+                                                         {"emb": uncond}, raw)
+        metrics = {**metrics, **{f"train/{k}": v for k, v in update_metrics.items()}}
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        return state, metrics, traj.z0
+
+    def sample(self, lora: Any, cond: jax.Array, uncond: jax.Array, key: jax.Array, num_steps: int) -> jax.Array:
+        """Deterministic ODE samples (evaluation) with the given adapters (e.g. the EMA)."""
+        with _maybe_mesh(self.mesh):
+            return self._sample(lora, self.policy.frozen, cond, uncond, key, num_steps)
+
+    def latent_rewards(self, z0: jax.Array) -> dict[str, np.ndarray]:
+        """The LGM rewards of latents z0 (B, C, F', H', W'), per sample."""
+        with _maybe_mesh(self.mesh):
+            out = self._geometry_rewards(self.lgm_state, z0)
+        return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+
+
+def _maybe_mesh(mesh: Mesh | None):
+    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
