@@ -16,6 +16,7 @@ Everything else is strict: one `CheckpointError` lists all missing, unexpected, 
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Mapping
 
@@ -38,7 +39,7 @@ from vggrpo_jax.models.any4d.config import Any4DConfig
 from vggrpo_jax.models.any4d.dpt import PatchConvTranspose
 from vggrpo_jax.models.any4d.layers import LayerNorm
 from vggrpo_jax.models.any4d.model import Any4D
-from vggrpo_jax.models.any4d.trunk import reference_view_embedding
+from vggrpo_jax.models.any4d.trunk import AlternatingTrunk, reference_view_embedding
 from vggrpo_jax.models.lora import LoRAParam
 
 # Geometric-input encoders (rays, depth, depth scale, camera rotation / translation / translation scale, scene-flow
@@ -161,6 +162,12 @@ def _check_view_table(sd: Mapping[str, Any], config: Any4DConfig) -> list[str]:
     return []
 
 
+@functools.lru_cache(maxsize=8)
+def _abstract_model(config: Any4DConfig) -> Any4D:
+    """The parameter-free (ShapeDtypeStruct) model; tracing the initialisers once per config is enough."""
+    return nnx.eval_shape(lambda: Any4D(config, rngs=nnx.Rngs(0)))
+
+
 def from_torch_state_dict(state_dict: Mapping[str, Any] | str, config: Any4DConfig, *, shardings: Any = None,
                           dtype: Any = None) -> nnx.State:
     """Converts Any4D weights (a mapping of torch tensors / numpy arrays, or a path to the .pth) to `nnx.State`.
@@ -170,7 +177,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any] | str, config: Any4DConf
     Raises CheckpointError listing every missing, unexpected, mis-shaped or inconsistent key.
     """
     sd = as_state_dict(state_dict)
-    abstract = nnx.eval_shape(lambda: Any4D(config, rngs=nnx.Rngs(0)))
+    abstract = _abstract_model(config)
     _, abs_state, _ = nnx.split(abstract, nnx.Param, ...)
 
     groups: dict[str, list[str]] = {}
@@ -196,20 +203,20 @@ def from_torch_state_dict(state_dict: Mapping[str, Any] | str, config: Any4DConf
 def _fill_lora(state: nnx.State, config: Any4DConfig, seed: int = 0) -> nnx.State:
     """LoRA adapters are not in the released checkpoint: give them their init (lora_b = 0, so the model is unchanged).
 
-    Only the adapters leave the jitted init; XLA drops the dead initialisers of the frozen weights.
+    Adapters live in the trunk only; it is initialised under jit and only its adapters leave (XLA drops the rest).
     """
     if config.lora_rank <= 0:
         return state
-    fresh = jax.jit(lambda: nnx.state(Any4D(config, rngs=nnx.Rngs(seed)), LoRAParam))()
+    fresh = jax.jit(lambda: nnx.state(AlternatingTrunk(config, rngs=nnx.Rngs(seed)), LoRAParam))()
     flat = dict(nnx.to_flat_state(state))
     for path, var in nnx.to_flat_state(fresh):
-        flat[path] = flat[path].replace(var.get_value())
+        full = ("info_sharing",) + tuple(path)
+        flat[full] = flat[full].replace(var.get_value())
     return nnx.from_flat_state(list(flat.items()))
 
 
 def load_any4d(path: str, config: Any4DConfig) -> Any4D:
     """Builds Any4D from a released .pth (or a dict) without a random full-size init."""
-    abstract = nnx.eval_shape(lambda: Any4D(config, rngs=nnx.Rngs(0)))
-    graphdef, _, rest = nnx.split(abstract, nnx.Param, ...)
+    graphdef, _, rest = nnx.split(_abstract_model(config), nnx.Param, ...)
     params = from_torch_state_dict(path, config)
     return nnx.merge(graphdef, params, rest)
