@@ -211,7 +211,7 @@ def test_accumulated_gradient_equals_full_gradient(batch, full_grad):
 def test_grad_norm_clip_and_update(batch, full_grad, train_setup):
     trainable, frozen, traj, adv, cond, uncond = batch
     step, state, update = train_setup
-    new, m = step(state, frozen, traj, adv, cond, uncond)
+    new, m = step(state, frozen, traj, adv, cond, uncond, reward_fn(traj.z0))
     norm = float(optax.tree.norm(full_grad))
     np.testing.assert_allclose(float(m["grad_norm"]), norm, rtol=1e-5)  # 2 micro-batches == whole batch
     scale = update.max_grad_norm / (norm + 1e-6)
@@ -293,7 +293,8 @@ def test_grpo_raises_reward():
 def test_sharded_step_matches_single_device(batch, train_setup):
     trainable, frozen, traj, adv, cond, uncond = batch
     single, state, update = train_setup
-    ref_state, ref_m = single(state, frozen, traj, adv, cond, uncond)
+    rewards = reward_fn(traj.z0)
+    ref_state, ref_m = single(state, frozen, traj, adv, cond, uncond, rewards)
 
     mesh = make_mesh({"data": 2, "fsdp": 4})
     with jax.set_mesh(mesh):
@@ -306,11 +307,13 @@ def test_sharded_step_matches_single_device(batch, train_setup):
         assert tuple(traj_sh.latents.spec[:2]) == (None, ("data", "fsdp"))
         sharded = make_train_step(
             policy_fn, reference_fn, OPT, config(), update,
-            in_shardings=(state_sh, frozen_sh, traj_sh, adv_sh, cond_sh, uncond_sh),
+            in_shardings=(state_sh, frozen_sh, traj_sh, adv_sh, cond_sh, uncond_sh,
+                          replicated_sharding(rewards, mesh)),
             out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec())),
         )
         args = [jax.device_put(a, s) for a, s in ((state, state_sh), (frozen, frozen_sh), (traj, traj_sh),
                                                     (adv, adv_sh), (cond, cond_sh), (uncond, uncond_sh))]
+        args.append(rewards)
         assert len(args[2].latents.sharding.device_set) == 8
         assert args[2].latents.addressable_shards[0].data.shape[1] == B // 8
         new_state, m = sharded(*args)

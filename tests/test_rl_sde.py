@@ -67,8 +67,8 @@ def test_noise_rule_defaults_and_levels():
         NoiseRule("constant", 0.0)
 
 
-@pytest.mark.parametrize("kind", NOISE_RULES)
-@pytest.mark.parametrize("step", [0, 7, 19])
+@pytest.mark.parametrize("kind,step", [("flow_grpo_wan", 0), ("flow_grpo_wan", 19), ("sd3", 0), ("sd3", 7),
+                                       ("constant", 12)])
 def test_mean_std_and_log_prob_match_numpy(kind, step):
     rule = make_noise_rule(kind, SIGMAS20)
     rng = np.random.default_rng(step)
