@@ -148,3 +148,5 @@ def test_bad_inputs(static_geom):
         reprojection_consistency(static_geom, flow_convention="forward")
     with pytest.raises(ValueError, match="top_k"):
         reprojection_consistency(static_geom, top_k=0)
+    with pytest.raises(ValueError, match="top_k"):
+        reprojection_consistency(static_geom, top_k=N + 1)

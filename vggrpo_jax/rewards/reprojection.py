@@ -115,10 +115,10 @@ def reprojection_consistency(
         raise TypeError(f"reprojection_consistency expects a SceneGeometry, got {type(geometry).__name__}")
     geometry.validate()
     N, H, W = geometry.depth.shape[-3:]
-    if not (isinstance(top_k, int) and top_k >= 1):
-        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
     if leave_one_out and N < 2:
         raise ValueError(f"leave-one-out reprojection needs at least 2 views, got N={N}")
+    if not (isinstance(top_k, int) and 1 <= top_k <= N):
+        raise ValueError(f"top_k must be an int in [1, N={N}] (the number of views), got {top_k!r}")
     if not (isinstance(stride, int) and stride >= 1) or H // stride < 1 or W // stride < 1:
         raise ValueError(f"stride must be a positive int no larger than the image ({H}x{W}), got {stride!r}")
     if flow_convention not in ("any4d", "per_view"):
@@ -126,7 +126,7 @@ def reprojection_consistency(
     if not 0.0 <= conf_quantile < 1.0:
         raise ValueError(f"conf_quantile must be in [0, 1), got {conf_quantile}")
     kwargs = dict(
-        top_k=min(top_k, N), leave_one_out=leave_one_out, normalize=normalize, stride=stride,
+        top_k=top_k, leave_one_out=leave_one_out, normalize=normalize, stride=stride,
         conf_quantile=conf_quantile, min_conf=min_conf, flow_threshold=flow_threshold,
         flow_convention=flow_convention, dynamic_depth_tol=dynamic_depth_tol, dynamic_dilate=dynamic_dilate,
         use_scene_flow=use_scene_flow, view_batch_size=view_batch_size,
