@@ -4,7 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vggrpo_jax.geometry import make_intrinsics, pose_from_rotation_translation, render_depth, so3_exp, unproject_depth
+from vggrpo_jax import geometry as G
+from vggrpo_jax.geometry import make_intrinsics, pose_from_rotation_translation, so3_exp, unproject_depth
+
+# Jitted once per shape (eager op-by-op dispatch is what makes small tests slow); errors still raise at trace time.
+render_depth = jax.jit(G.render_depth, static_argnames=("height", "width", "stride"))
 
 H, W = 8, 10
 K = make_intrinsics(10.0, 10.0, 5.0, 4.0)
@@ -43,7 +47,7 @@ def test_renders_a_depth_map_exactly_and_vmaps_over_views():
     c2ws = jnp.stack([pose_from_rotation_translation(so3_exp(jnp.asarray(rng.normal(size=3) * 0.3, jnp.float32)),
                                                      jnp.asarray(rng.normal(size=3), jnp.float32)) for _ in range(3)])
     pts = jax.vmap(lambda c: unproject_depth(depth, c, K))(c2ws)  # each view's own points
-    render = jax.jit(jax.vmap(lambda p, c: render_depth(p.reshape(-1, 3), c, K, H, W)))
+    render = jax.jit(jax.vmap(lambda p, c: G.render_depth(p.reshape(-1, 3), c, K, H, W)))
     d, v = render(pts, c2ws)
     assert bool(v.all())
     np.testing.assert_allclose(d, jnp.broadcast_to(depth, (3, H, W)), rtol=1e-5)
@@ -66,9 +70,9 @@ def test_stride_and_point_mask():
 
 def test_gradient_flows_to_the_winning_point_only():
     pts = jnp.stack([_pixel_point(3, 2, 2.0), _pixel_point(3, 2, 1.0), _pixel_point(0, 0, 1.5)])
-    g = jax.grad(lambda p: render_depth(p, EYE, K, H, W)[0].sum())(pts)
+    g = jax.jit(jax.grad(lambda p: G.render_depth(p, EYE, K, H, W)[0].sum()))(pts)
     assert np.all(np.isfinite(g))
     np.testing.assert_allclose(g[0], 0.0)
     assert float(g[1, 2]) == pytest.approx(1.0, abs=1e-5)
-    gc = jax.grad(lambda c: render_depth(pts, c, K, H, W)[0].sum())(EYE)
+    gc = jax.jit(jax.grad(lambda c: G.render_depth(pts, c, K, H, W)[0].sum()))(EYE)
     assert np.all(np.isfinite(gc))
