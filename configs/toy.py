@@ -25,11 +25,19 @@ def get_config():
     c.text.dtype = "float32"
     c.text.toy_dim = 32
     # The LGM (tiny VAE + tiny Any4D) is constructed first, in <workdir>/lgm; the VAE/Any4D come from that config.
+    # (With --config.lgm.checkpoint=DIR instead, these sections must describe the LGM's VAE and Any4D.)
     c.lgm.build_config = "configs/lgm_toy.py"
+    c.vae.preset = "tiny21"
+    c.vae.dtype = "float32"
+    c.any4d.preset, c.any4d.dtype, c.any4d.lora_rank, c.any4d.lora_alpha = "tiny", "float32", 4, 2.0
 
     c.video.num_frames, c.video.height, c.video.width, c.video.fps = 9, 64, 64, 8
     c.prompts.path = c.prompts.eval_path = "toyworld"
     c.prompts.toyworld_count = 32
+
+    # The toy teacher has random weights: its scene flow is noise that marks every point dynamic, so the r_geo
+    # point cloud would be empty. Real Any4D flow is ~0 on static scenes; keep the filter on for real runs.
+    c.rewards.use_scene_flow = False
 
     c.rl.group_size = 4
     c.rl.prompts_per_batch = 2

@@ -98,6 +98,7 @@ def base_config() -> ConfigDict:
             top_k=3,
             relative=True,  # errors divided by the scene's median depth (False: the paper's literal absolute error)
             leave_one_out=True,
+            use_scene_flow=True,  # drop dynamic points (by the predicted scene flow) from the r_geo point cloud
             flow_threshold=0.01,  # dynamic: |flow| > threshold × median depth
             conf_quantile=0.1,  # drop the least confident 10% of points
             render_stride=1,

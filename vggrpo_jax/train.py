@@ -39,6 +39,11 @@ from vggrpo_jax.trainer import GRPOTrainer, latent_shape
 FLAGS_CONFIG, FLAGS_WORKDIR = define_flags()  # also used by `python -m vggrpo_jax.evaluate`
 
 
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        tqdm.write(f"[vggrpo] {message}")
+
+
 # ------------------------------------------------------------------------------------------------ checkpoint trees
 def _flatten(tree: Any) -> dict[str, Any]:
     """A pytree → {'path': leaf} with readable keys (orbax stores plain dicts most robustly)."""
@@ -71,7 +76,7 @@ class Run:
         self.prompts = build.load_prompts(c)
         self.eval_prompts = build.load_prompts(c, eval_split=True)[: int(c.eval.num_prompts)]
         self.text = build.build_text_encoder(c, workdir, self.mesh, self.prompts + self.eval_prompts)
-        logging.info("encoding %d prompts (cached embeddings are reused)", len(self.prompts))
+        _log(f"encoding {len(self.prompts)} prompts (cached embeddings are reused)")
         self.trimmed = self.text.encode_trimmed(self.prompts)
         self.max_length = int(c.text.max_length)
         self.uncond = self.text.negative_embedding()[None]  # (1, L, D)
@@ -119,7 +124,7 @@ class Run:
         self.state = _unflatten(self.state, flat)
         self.batches.set_state(meta["data"])
         self.iteration = int(meta["iteration"])
-        logging.info("resumed from %s at iteration %d", self.checkpoints.directory, self.iteration)
+        _log(f"resumed from {self.checkpoints.directory} at iteration {self.iteration}")
         return True
 
     def save(self) -> None:
@@ -163,7 +168,7 @@ def train(config: Any, workdir: str) -> list[dict[str, float]]:
     total = int(config.train.num_iterations)
     history = []
     trainable, frozen = run.policy.num_params()
-    logging.info("policy: %d trainable LoRA parameters, %d frozen", trainable, frozen)
+    _log(f"policy: {trainable:,} trainable LoRA parameters, {frozen:,} frozen")
     bar = tqdm(total=total, initial=run.iteration, desc="GRPO", disable=jax.process_index() != 0, dynamic_ncols=True)
     try:
         while run.iteration < total:
@@ -204,6 +209,8 @@ def evaluate_latest(config: Any, workdir: str) -> dict[str, float]:
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # orbax logs every checkpoint step at INFO; the progress bars and our warnings are what a person needs to see.
+    logging.set_verbosity(logging.WARNING)
     train(FLAGS_CONFIG.value, FLAGS_WORKDIR.value)
 
 

@@ -56,6 +56,7 @@ def geometry_rewards(geometry: Any, reward_config: Any) -> dict[str, jax.Array]:
         stride=int(reward_config.render_stride),
         conf_quantile=float(reward_config.conf_quantile),
         flow_threshold=float(reward_config.flow_threshold),
+        use_scene_flow=bool(reward_config.use_scene_flow),
     )
     return {"motion": motion.reward, "geo": geo.reward, "e_trans": motion.e_trans, "e_rot": motion.e_rot}
 
@@ -157,6 +158,9 @@ class GRPOTrainer:
         metrics.update(_stats("advantage", adv))
         metrics["advantage/abs_max"] = jnp.max(jnp.abs(adv))
         raw = jnp.stack([rewards[n] for n in REWARD_NAMES], axis=-1)
+        # −inf is a defined reward (r_geo of a view with no valid pixel: the worst in its group, handled by
+        # group_advantages); only NaN means something broke, and the update step skips on non-finite rewards.
+        raw = jnp.where(jnp.isneginf(raw), jnp.finfo(raw.dtype).min, raw)
         return adv, raw, metrics
 
     # ------------------------------------------------------------------------------------------------ API
