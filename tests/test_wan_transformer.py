@@ -265,3 +265,31 @@ def test_splash_kernel_semantics_in_interpret_mode():
     v = jnp.asarray(rng.standard_normal((1, 70, 2, 128), dtype=np.float32))
     got = attn_lib.splash_attention(q, k, v, interpret=True)
     np.testing.assert_allclose(np.asarray(got), np.asarray(jax.jit(attn_lib.xla_attention)(q, k, v)), atol=1e-4)
+
+
+def test_convert_tool_writes_orbax_params(reference, tmp_path):
+    """tools/convert_wan.py: the checkpoint's own config.json, bf16 output, restorable into the abstract model."""
+    import importlib.util
+    import json
+    import os
+
+    from vggrpo_jax.checkpoint import restore_params
+    from vggrpo_jax.convert.wan_transformer import abstract_model
+
+    spec = importlib.util.spec_from_file_location(
+        "convert_wan", os.path.join(os.path.dirname(__file__), "..", "tools", "convert_wan.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    dst = str(tmp_path / "dit")
+    assert tool.main(["--src", reference["path"], "--dst", dst, "--dtype", "bfloat16"]) == 0
+    with open(dst + ".config.json") as fh:
+        cfg = WanConfig.from_diffusers_config(json.load(fh), param_dtype="bfloat16")
+    assert cfg == reference["cfg"].replace(param_dtype="bfloat16")
+    abstract = nnx.state(abstract_model(cfg), nnx.Param)
+    restored = nnx.to_flat_state(restore_params(dst, abstract))
+    expected = dict(nnx.to_flat_state(nnx.state(from_torch_state_dict(reference["path"], cfg), nnx.Param)))
+    assert len(restored) == len(expected)
+    for path, var in restored:
+        assert var.get_value().dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(var.get_value(), np.float32),
+                                      np.asarray(expected[path].get_value(), np.float32))

@@ -135,6 +135,29 @@ class WanConfig:
         arch = {k: config[k] for k in _DIFFUSERS_FIELDS if k in config}
         return cls(**arch, **runtime)
 
+    @classmethod
+    def from_original_config(cls, config: Mapping[str, Any], **runtime: Any) -> "WanConfig":
+        """From an original Wan repo config.json (dim, num_heads, in_dim, out_dim, ffn_dim, ...)."""
+        if config.get("model_type", "t2v") not in ("t2v", "ti2v"):
+            raise NotImplementedError(f"original Wan model_type={config['model_type']!r}: only t2v and ti2v")
+        dim, heads = int(config["dim"]), int(config["num_heads"])
+        return cls(
+            patch_size=tuple(config.get("patch_size", (1, 2, 2))), num_attention_heads=heads,
+            attention_head_dim=dim // heads, in_channels=int(config["in_dim"]), out_channels=int(config["out_dim"]),
+            text_dim=int(config.get("text_dim", 4096)), freq_dim=int(config.get("freq_dim", 256)),
+            ffn_dim=int(config["ffn_dim"]), num_layers=int(config["num_layers"]),
+            cross_attn_norm=bool(config.get("cross_attn_norm", True)), eps=float(config.get("eps", 1e-6)), **runtime,
+        )
+
+    @classmethod
+    def from_json_dict(cls, config: Mapping[str, Any], **runtime: Any) -> "WanConfig":
+        """A diffusers or an original Wan config.json dict (told apart by their field names)."""
+        if "num_attention_heads" in config:
+            return cls.from_diffusers_config(config, **runtime)
+        if "dim" in config and "num_heads" in config:
+            return cls.from_original_config(config, **runtime)
+        raise ValueError(f"not a Wan transformer config (fields: {sorted(config)})")
+
     def to_diffusers_config(self) -> dict[str, Any]:
         """The architecture as diffusers' WanTransformer3DModel kwargs (for parity tests and exports)."""
         out = {k: getattr(self, k) for k in _DIFFUSERS_FIELDS}
