@@ -19,7 +19,7 @@ def save_params(path: str, state: nnx.State | Any, force: bool = False) -> None:
     path = os.path.abspath(path)
     if os.path.exists(path) and not force:
         raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite")
-    tree = state.to_pure_dict() if isinstance(state, nnx.State) else state
+    tree = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, tree, force=force)
 
@@ -33,16 +33,16 @@ def restore_params(path: str, abstract_state: nnx.State, shardings: Any = None) 
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no orbax checkpoint at {path}")
-    pure = abstract_state.to_pure_dict()
+    pure = nnx.to_pure_dict(abstract_state)
     if shardings is not None:
-        shard_pure = shardings.to_pure_dict() if isinstance(shardings, nnx.State) else shardings
+        shard_pure = nnx.to_pure_dict(shardings) if isinstance(shardings, nnx.State) else shardings
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), pure, shard_pure)
     else:
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), pure)
     with ocp.StandardCheckpointer() as ckptr:
         restored = ckptr.restore(path, target)
     state = jax.tree.map(lambda x: x, abstract_state)
-    state.replace_by_pure_dict(restored)
+    nnx.replace_by_pure_dict(state, restored)
     return state
 
 
