@@ -40,7 +40,7 @@ from vggrpo_jax.models.any4d.dinov2 import DinoV2
 from vggrpo_jax.models.any4d.dpt import DPTFeature, DPTRegressor
 from vggrpo_jax.models.any4d.heads import PoseHead, ScaleHead
 from vggrpo_jax.models.any4d.layers import LayerNorm
-from vggrpo_jax.models.any4d.sharding import shard_views
+from vggrpo_jax.models.any4d.sharding import shard_tokens, shard_views
 from vggrpo_jax.models.any4d.trunk import AlternatingTrunk
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -194,7 +194,9 @@ def _adapt(dense, flow, trans, quat, scale, b: int, n: int) -> Any4DOutput:
         cam_quats=quat, cam_trans=trans_m, c2w=pose_from_rotation_translation(rot, trans_m), pts3d=pts,
         scene_flow=flow * s_map[..., None], conf=conf, mask=mask,
     )
-    out = {k: v.reshape((b, n) + v.shape[1:]) for k, v in out.items()}
+    # (B, N, ...): B over the batch axes when it divides them, else N over the devices. An uneven N (21 views on 8
+    # devices) cannot stay sharded at the jit boundary, so such outputs leave replicated (~0.2 GiB at 336×518).
+    out = {k: shard_tokens(v.reshape((b, n) + v.shape[1:])) for k, v in out.items()}
     return Any4DOutput(metric_scale=scale, **out)
 
 
