@@ -11,7 +11,8 @@ one latent frame per chunk. The first chunk runs on its own (it has its own shap
 steady chunks run inside one lax.scan that carries every conv's 2-frame cache, so compile time and activation memory
 do not grow with the frame count. Inside, activations are channels-last (B, T, H, W, C).
 
-Optional spatial tiling (`encode_tiled` / `decode_tiled`) follows diffusers' overlapping tiles with linear blending.
+Optional spatial tiling (`encode_tiled` / `decode_tiled`) follows diffusers' tile grid and linear blending, so it
+matches `AutoencoderKLWan.enable_tiling(...)` number for number.
 """
 
 from __future__ import annotations
@@ -150,6 +151,58 @@ def _run_chunks(step, first: jax.Array, rest: jax.Array | None) -> jax.Array:
     return jnp.concatenate([y0, ys], axis=1)
 
 
+def _blend(a: jax.Array, b: jax.Array, extent: int, axis: int) -> jax.Array:
+    """Linear cross-fade of b's first `extent` rows/cols with a's last ones (diffusers' blend_v / blend_h)."""
+    extent = min(a.shape[axis], b.shape[axis], extent)
+    if extent <= 0:
+        return b
+    w = (jnp.arange(extent, dtype=jnp.float32) / extent).reshape((-1,) + (1,) * (b.ndim - axis - 1))
+    a_tail = jax.lax.slice_in_dim(a, a.shape[axis] - extent, a.shape[axis], axis=axis)
+    b_head = jax.lax.slice_in_dim(b, 0, extent, axis=axis)
+    mixed = a_tail * (1 - w) + b_head * w
+    return jnp.concatenate([mixed, jax.lax.slice_in_dim(b, extent, b.shape[axis], axis=axis)], axis=axis)
+
+
+def _tiled(x, fn, tile_min, tile_stride, ratio: int, *, down: bool, patch: int = 1) -> jax.Array:
+    """Runs `fn` on overlapping (H, W) tiles of channels-last x (B, T, H, W, C) and blends them (diffusers' grid).
+
+    down=True (encode): tiles of tile_min pixels every tile_stride pixels, outputs 1/ratio the size.
+    down=False (decode): tiles of tile_min/ratio latents every tile_stride/ratio, outputs ×ratio/patch the size.
+    """
+    (min_h, min_w), (stride_h, stride_w) = tile_min, tile_stride
+    height, width = x.shape[2:4]
+    if down:
+        in_min, in_stride = (min_h, min_w), (stride_h, stride_w)
+        out_stride = (stride_h // ratio, stride_w // ratio)
+        blend = (min_h // ratio - out_stride[0], min_w // ratio - out_stride[1])
+        out_size = (height // ratio, width // ratio)
+    else:
+        in_min, in_stride = (min_h // ratio, min_w // ratio), (stride_h // ratio, stride_w // ratio)
+        out_stride = (stride_h // patch, stride_w // patch)
+        blend = (min_h // patch - out_stride[0], min_w // patch - out_stride[1])
+        out_size = (height * ratio // patch, width * ratio // patch)
+    if any(v <= 0 or v % ratio for v in (*tile_min, *tile_stride)) or min(out_stride) <= 0:
+        raise ValueError(
+            f"tiling: tile_sample_min {tuple(tile_min)} and tile_sample_stride {tuple(tile_stride)} must be positive "
+            f"multiples of {ratio}"
+        )
+    rows = []
+    for i in range(0, height, in_stride[0]):
+        row = []
+        for j in range(0, width, in_stride[1]):
+            tile = fn(x[:, :, i : i + in_min[0], j : j + in_min[1]])
+            if rows:
+                tile = _blend(rows[-1][len(row)], tile, blend[0], axis=2)
+            if row:
+                tile = _blend(row[-1], tile, blend[1], axis=3)
+            row.append(tile)
+        rows.append(row)
+    out = jnp.concatenate(
+        [jnp.concatenate([t[:, :, : out_stride[0], : out_stride[1]] for t in row], axis=3) for row in rows], axis=2
+    )
+    return out[:, :, : out_size[0], : out_size[1]]
+
+
 class WanVAE(nnx.Module):
     """AutoencoderKLWan: encoder, quant_conv, post_quant_conv, decoder (diffusers parameter names)."""
 
@@ -183,35 +236,73 @@ class WanVAE(nnx.Module):
             )
 
     # ------------------------------------------------------------------------------------------- encode / decode
-    def encode(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """video (B, C, F, H, W) in [-1, 1], F = 1 + 4k → (mean, logvar), each (B, z, 1 + k, H/s, W/s)."""
-        self._check_video(video)
-        cfg = self.config
-        x = jnp.transpose(jnp.asarray(video), (0, 2, 3, 4, 1)).astype(cfg.dtype)  # (B, F, H, W, C)
-        x = constrain(patchify(x, cfg.patch_size), _ACT)
+    def _encode_raw(self, x: jax.Array) -> jax.Array:
+        """Patchified channels-last video (B, F, H, W, C) → quant_conv output (B, F', h, w, 2z), fp32."""
         b, f = x.shape[:2]
         k = (f - 1) // 4
         rest = None
         if k:
             rest = jnp.swapaxes(x[:, 1:].reshape(b, k, 4, *x.shape[2:]), 0, 1)  # (k, B, 4, H, W, C)
         h = _run_chunks(self.encoder, x[:, :1], rest)
-        h = self.quant_conv(h)[0].astype(jnp.float32)
+        return self.quant_conv(h)[0].astype(jnp.float32)
+
+    def _decode_raw(self, z: jax.Array) -> jax.Array:
+        """Channels-last latents (B, F', h, w, z) → decoder output (B, F, H, W, C·p²) before unpatchify/clipping."""
+        z = constrain(self.post_quant_conv(z.astype(self.config.dtype))[0], _ACT)
+        rest = jnp.swapaxes(z[:, 1:], 0, 1)[:, :, None]  # (F'-1, B, 1, h, w, z)
+        return _run_chunks(self.decoder, z[:, :1], rest).astype(jnp.float32)
+
+    def _video_in(self, video: jax.Array) -> jax.Array:
+        self._check_video(video)
+        x = jnp.transpose(jnp.asarray(video), (0, 2, 3, 4, 1)).astype(self.config.dtype)  # (B, F, H, W, C)
+        return constrain(patchify(x, self.config.patch_size), _ACT)
+
+    @staticmethod
+    def _split(h: jax.Array) -> tuple[jax.Array, jax.Array]:
         mean, logvar = jnp.split(h, 2, axis=-1)
         logvar = jnp.clip(logvar, -30.0, 20.0)
-        to_ncfhw = lambda a: jnp.transpose(a, (0, 4, 1, 2, 3))  # noqa: E731
-        return to_ncfhw(mean), to_ncfhw(logvar)
+        return jnp.transpose(mean, (0, 4, 1, 2, 3)), jnp.transpose(logvar, (0, 4, 1, 2, 3))
+
+    def _video_out(self, x: jax.Array) -> jax.Array:
+        x = jnp.clip(unpatchify(x, self.config.patch_size), -1.0, 1.0)
+        return jnp.transpose(x, (0, 4, 1, 2, 3))
+
+    def encode(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """video (B, C, F, H, W) in [-1, 1], F = 1 + 4k → (mean, logvar), each (B, z, 1 + k, H/s, W/s)."""
+        return self._split(self._encode_raw(self._video_in(video)))
 
     def decode(self, latents: jax.Array) -> jax.Array:
         """latents (B, z, F', H', W') → video (B, C, 1 + 4 (F' - 1), H'·s, W'·s) clipped to [-1, 1]."""
         self._check_latents(latents)
-        cfg = self.config
-        z = jnp.transpose(jnp.asarray(latents), (0, 2, 3, 4, 1)).astype(cfg.dtype)
-        z = constrain(self.post_quant_conv(z)[0], _ACT)
-        rest = jnp.swapaxes(z[:, 1:], 0, 1)[:, :, None]  # (F'-1, B, 1, H', W', z)
-        x = _run_chunks(self.decoder, z[:, :1], rest)
-        x = unpatchify(x, cfg.patch_size)
-        x = jnp.clip(x.astype(jnp.float32), -1.0, 1.0)
-        return jnp.transpose(x, (0, 4, 1, 2, 3))
+        z = jnp.transpose(jnp.asarray(latents), (0, 2, 3, 4, 1))
+        return self._video_out(self._decode_raw(z))
+
+    # ------------------------------------------------------------------------------------------- spatial tiling
+    # Called eagerly, each tile goes through one compiled program per tile shape (the grid has at most four), so a
+    # large frame never becomes one huge program; under an outer jit the tiles are simply inlined.
+    def encode_tiled(
+        self, video: jax.Array, tile_sample_min: tuple[int, int] = (256, 256),
+        tile_sample_stride: tuple[int, int] = (192, 192),
+    ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+        """encode() over overlapping spatial tiles blended linearly, as diffusers' tiled_encode (same tile grid, so
+        the same numbers as `AutoencoderKLWan.enable_tiling(...)`). Tile sizes are in the (patchified) input's
+        pixels, like diffusers. Peak memory scales with the tile, not the frame."""
+        x = self._video_in(video)
+        ratio = self.config.spatial_stride // (self.config.patch_size or 1)
+        h = _tiled(x, lambda t: _encode_tile(self, t), tile_sample_min, tile_sample_stride, ratio, down=True)
+        return self._split(h)
+
+    def decode_tiled(
+        self, latents: jax.Array, tile_sample_min: tuple[int, int] = (256, 256),
+        tile_sample_stride: tuple[int, int] = (192, 192),
+    ) -> jax.Array:  # fmt: skip
+        """decode() over overlapping latent tiles blended linearly in pixel space, as diffusers' tiled_decode."""
+        self._check_latents(latents)
+        z = jnp.transpose(jnp.asarray(latents), (0, 2, 3, 4, 1))
+        p = self.config.patch_size or 1
+        ratio = self.config.spatial_stride
+        x = _tiled(z, lambda t: _decode_tile(self, t), tile_sample_min, tile_sample_stride, ratio, down=False, patch=p)
+        return self._video_out(x)
 
     # ------------------------------------------------------------------------------------------- latents
     def _stats(self, ndim: int) -> tuple[jax.Array, jax.Array]:
@@ -235,3 +326,8 @@ class WanVAE(nnx.Module):
 
     def num_latent_frames(self, num_frames: int) -> int:
         return self.config.num_latent_frames(num_frames)
+
+
+# Per-tile programs for encode_tiled / decode_tiled (compiled once per tile shape).
+_encode_tile = nnx.jit(lambda model, x: model._encode_raw(x))
+_decode_tile = nnx.jit(lambda model, z: model._decode_raw(z))

@@ -61,15 +61,32 @@ class CausalConv3d(nnx.Module):
             raise ValueError(f"CausalConv3d: temporal padding {padding[0]} is not supported with a {CACHE_T}-frame cache")
 
     def conv(self, x: jax.Array) -> jax.Array:
-        """The plain convolution, VALID in time (callers provide the causal context)."""
+        """The plain convolution, VALID in time (callers provide the causal context).
+
+        Computed as a sum over the kt temporal taps of per-frame 2D convolutions (or matmuls for 1×1 kernels):
+        XLA:CPU runs this ~3× faster than a native 3D convolution, and it is the same arithmetic.
+        """
+        kernel = self.kernel.get_value().astype(self.dtype)
+        x = x.astype(self.dtype)
+        kt, kh, kw = kernel.shape[:3]
+        st = self.stride[0]
+        b, t, h, w, c = x.shape
+        t_out = (t - kt) // st + 1
+        if t_out < 1:
+            raise ValueError(f"CausalConv3d: {t} frames are fewer than the temporal kernel {kt}")
         ph, pw = self.spatial_pad
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            self.kernel.get_value().astype(self.dtype),
-            window_strides=self.stride,
-            padding=((0, 0), (ph, ph), (pw, pw)),
-            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-        )
+        y = None
+        for i in range(kt):
+            xi = jax.lax.slice_in_dim(x, i, i + st * (t_out - 1) + 1, stride=st, axis=1)
+            if kh == kw == 1 and ph == pw == 0:
+                yi = jnp.einsum("bthwc,co->bthwo", xi, kernel[i, 0, 0])
+            else:
+                yi = jax.lax.conv_general_dilated(
+                    xi.reshape(b * t_out, h, w, c), kernel[i], window_strides=self.stride[1:],
+                    padding=((ph, ph), (pw, pw)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                )  # fmt: skip
+                yi = yi.reshape(b, t_out, *yi.shape[1:])
+            y = yi if y is None else y + yi
         return y + self.bias.get_value().astype(self.dtype)
 
     def __call__(self, x: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
@@ -98,10 +115,14 @@ class Conv2d(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel.get_value().astype(self.dtype)
+        x = x.astype(self.dtype)
+        if kernel.shape[:2] == (1, 1) and self.stride == 1 and self.padding == ((0, 0), (0, 0)):
+            return jnp.einsum("bthwc,co->bthwo", x, kernel[0, 0]) + self.bias.get_value().astype(self.dtype)
         b, t = x.shape[:2]
         y = jax.lax.conv_general_dilated(
-            x.reshape(b * t, *x.shape[2:]).astype(self.dtype),
-            self.kernel.get_value().astype(self.dtype),
+            x.reshape(b * t, *x.shape[2:]),
+            kernel,
             window_strides=(self.stride, self.stride),
             padding=self.padding,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
