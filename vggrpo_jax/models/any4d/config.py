@@ -20,6 +20,10 @@ class Any4DConfig:
     dtype: compute dtype of the encoder and trunk matmuls (norms, softmax statistics and the residual stream stay
       fp32); the DPT / pose / scale heads always compute in fp32.
     param_dtype: storage dtype of every parameter.
+    attention_impl: jax.nn.dot_product_attention implementation for the per-view attention (DINOv2, frame blocks;
+      ~900 tokens each); None lets XLA choose, "cudnn" picks the fused GPU kernel.
+    global_attention: kernel of the global blocks over N·T+1 ≈ 18.6 k tokens (21 views at 336×518): "blocked" is a
+      memory-efficient flash-style kernel (default, any platform), "cudnn" the fused GPU kernel, "xla" plain softmax.
     lora_rank / lora_alpha / lora_targets: LoRA adapters on the trunk's linear layers whose in-block name
       (e.g. "attn.qkv", "mlp.fc1") matches one of the regexes; rank 0 means none.
     """
@@ -52,6 +56,8 @@ class Any4DConfig:
     lora_rank: int = 0
     lora_alpha: float | None = None
     lora_targets: tuple[str, ...] = (r"attn\.qkv", r"attn\.proj", r"mlp\.fc1", r"mlp\.fc2")
+    attention_impl: str | None = None  # jax.nn.dot_product_attention implementation: None (XLA), "cudnn", ...
+    global_attention: str = "blocked"  # the global blocks' kernel: "blocked" (flash-style), "xla", "cudnn"
 
     def __post_init__(self) -> None:
         if self.trunk_dim % self.trunk_heads or self.encoder_dim % self.encoder_heads:

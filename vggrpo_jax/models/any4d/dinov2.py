@@ -44,7 +44,7 @@ class DinoV2(nnx.Module):
         self.patch_embed = PatchEmbed(config.patch_size, d, param_dtype=pd, rngs=rngs)
         self.blocks = nnx.List([
             Block(d, config.encoder_heads, config.encoder_mlp_ratio, layer_scale=True, eps=config.norm_eps,
-                  dtype=config.dtype, param_dtype=pd, rngs=rngs)
+                  dtype=config.dtype, param_dtype=pd, attention_impl=config.attention_impl, rngs=rngs)
             for _ in range(config.encoder_depth)
         ])
         self.norm = LayerNorm(d, config.norm_eps, param_dtype=pd)

@@ -7,6 +7,7 @@ Precision: LayerNorm statistics, the softmax and the residual stream are fp32; t
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -50,22 +51,26 @@ def _linear(name, din, dout, axes, *, dtype, param_dtype, lora, rngs) -> LoRALin
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """(B, L, H, Dh) each → (B, L, H, Dh), softmax(q·kᵀ/√Dh)·v. XLA picks its fused kernel where one exists."""
-    return jax.nn.dot_product_attention(q, k, v, scale=q.shape[-1] ** -0.5)
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str | None = None) -> jax.Array:
+    """(B, L, H, Dh) each → (B, L, H, Dh), softmax(q·kᵀ/√Dh)·v (fused flash kernel with implementation="cudnn")."""
+    return jax.nn.dot_product_attention(q, k, v, scale=q.shape[-1] ** -0.5, implementation=implementation)
 
 
 class Attention(nnx.Module):
-    def __init__(self, dim: int, heads: int, *, dtype, param_dtype, lora=(0, None, ()), rngs: nnx.Rngs):
+    def __init__(self, dim: int, heads: int, *, dtype, param_dtype, lora=(0, None, ()), impl: str | None = None,
+                 rngs: nnx.Rngs):
         self.heads = heads
+        self.impl = impl
         self.qkv = _linear("attn.qkv", dim, 3 * dim, ("embed", "heads"), dtype=dtype, param_dtype=param_dtype,
                            lora=lora, rngs=rngs)
         self.proj = _linear("attn.proj", dim, dim, ("heads", "embed"), dtype=dtype, param_dtype=param_dtype,
                             lora=lora, rngs=rngs)
 
-    def __call__(self, x: jax.Array, attention_fn: AttentionFn = dot_product_attention,
+    def __call__(self, x: jax.Array, attention_fn: AttentionFn | None = None,
                  constrain_tokens: Callable[[jax.Array], jax.Array] = lambda t: t) -> jax.Array:
         b, n, d = x.shape
+        if attention_fn is None:
+            attention_fn = functools.partial(dot_product_attention, implementation=self.impl)
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q = constrain_tokens(q)
@@ -88,16 +93,17 @@ class Block(nnx.Module):
     """x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))); LayerScale only where the reference has it."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, *, layer_scale: bool, eps: float, dtype,
-                 param_dtype, lora=(0, None, ()), rngs: nnx.Rngs):
+                 param_dtype, lora=(0, None, ()), attention_impl: str | None = None, rngs: nnx.Rngs):
         self.dtype = dtype
         self.norm1 = LayerNorm(dim, eps, param_dtype=param_dtype)
-        self.attn = Attention(dim, heads, dtype=dtype, param_dtype=param_dtype, lora=lora, rngs=rngs)
+        self.attn = Attention(dim, heads, dtype=dtype, param_dtype=param_dtype, lora=lora, impl=attention_impl,
+                              rngs=rngs)
         self.ls1 = LayerScale(dim, param_dtype=param_dtype) if layer_scale else None
         self.norm2 = LayerNorm(dim, eps, param_dtype=param_dtype)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, param_dtype=param_dtype, lora=lora, rngs=rngs)
         self.ls2 = LayerScale(dim, param_dtype=param_dtype) if layer_scale else None
 
-    def __call__(self, x: jax.Array, attention_fn: AttentionFn = dot_product_attention,
+    def __call__(self, x: jax.Array, attention_fn: AttentionFn | None = None,
                  constrain_tokens: Callable[[jax.Array], jax.Array] = lambda t: t) -> jax.Array:
         """x (B, L, D) fp32 residual stream → same."""
         h = self.attn(self.norm1(x).astype(self.dtype), attention_fn, constrain_tokens).astype(jnp.float32)

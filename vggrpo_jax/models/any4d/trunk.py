@@ -9,6 +9,8 @@ constant buffer (sinusoid at position 0 = [0, 1, 0, 1, …]); it is `reference_v
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +18,7 @@ from flax import nnx
 
 from vggrpo_jax.models.any4d.config import Any4DConfig
 from vggrpo_jax.models.any4d.layers import Block, LayerNorm, _linear
-from vggrpo_jax.models.any4d.sharding import shard_tokens, shard_views
+from vggrpo_jax.models.any4d.sharding import global_attention, shard_tokens, shard_views
 
 
 def reference_view_embedding(dim: int) -> np.ndarray:
@@ -40,7 +42,8 @@ class AlternatingTrunk(nnx.Module):
                                   param_dtype=pd, lora=(0, None, ()), rngs=rngs)
         self.self_attention_blocks = nnx.List([
             Block(d, config.trunk_heads, config.trunk_mlp_ratio, layer_scale=False, eps=config.norm_eps,
-                  dtype=config.dtype, param_dtype=pd, lora=lora, rngs=rngs)
+                  dtype=config.dtype, param_dtype=pd, lora=lora, attention_impl=config.attention_impl,
+                  rngs=rngs)
             for _ in range(config.trunk_depth)
         ])
         self.norm = LayerNorm(d, config.norm_eps, param_dtype=pd)
@@ -59,7 +62,8 @@ class AlternatingTrunk(nnx.Module):
         """Applies block k to the residual stream x (B, N·T+1, D)."""
         blk = self.self_attention_blocks[k]
         if is_global_block(k):
-            return blk(x, constrain_tokens=shard_tokens)
+            attend = functools.partial(global_attention, kind=self.config.global_attention)
+            return blk(x, attention_fn=attend, constrain_tokens=shard_tokens)
         b, length, d = x.shape
         t = (length - 1) // num_views
         views = x[:, :-1].reshape(b * num_views, t, d)
