@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from vggrpo_jax.data.toyworld import camera_path
@@ -80,7 +80,7 @@ def test_reward_falls_strictly_with_jitter_amplitude():
 _vec = st.tuples(*[st.floats(-0.6, 0.6)] * 3)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     steps=st.lists(st.tuples(_vec, _vec), min_size=T, max_size=T),
     g_rot=_vec,
@@ -90,8 +90,8 @@ _vec = st.tuples(*[st.floats(-0.6, 0.6)] * 3)
 def test_invariant_to_rigid_transform_and_scale(steps, g_rot, g_t, scale):
     rv = np.cumsum(np.array([s[0] for s in steps]), 0)
     dc = np.array([s[1] for s in steps])
-    if np.min(np.linalg.norm(dc[1:], axis=-1)) < 0.05:
-        dc[1:] += 0.1  # keep velocities away from 0, where the ratio is ill-conditioned by eps
+    # Keep velocities away from 0, where the ratio ||a|| / (||v|| + ||v'|| + eps) is ill-conditioned by eps.
+    assume(np.min(np.linalg.norm(dc[1:], axis=-1)) > 0.05)
     c2w = _poses(rv, np.cumsum(dc, 0))
     G = pose_from_rotation_translation(so3_exp(jnp.asarray(g_rot, jnp.float32) * 4), jnp.asarray(g_t, jnp.float32))
     base = ms(c2w)
