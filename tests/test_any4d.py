@@ -17,7 +17,7 @@ from flax import nnx
 
 from any4d_reference import ReferenceAny4D
 from vggrpo_jax.checkpoint import restore_params
-from vggrpo_jax.convert.any4d import from_torch_state_dict
+from vggrpo_jax.convert.any4d import from_torch_state_dict, load_any4d
 from vggrpo_jax.convert.common import CheckpointError, open_state_dict
 from vggrpo_jax.geometry import make_intrinsics, pixel_rays
 from vggrpo_jax.models.any4d import Any4D, Any4DConfig, Any4DOutput, to_scene_geometry
@@ -268,6 +268,9 @@ def test_missing_model_entry_and_tool_roundtrip(reference, checkpoint, tmp_path)
     qkv = reference.state_dict_any4d()["info_sharing.self_attention_blocks.1.attn.qkv.weight"].numpy()
     np.testing.assert_array_equal(np.asarray(restored["info_sharing"]["self_attention_blocks"][1]["attn"]["qkv"]
                                              ["kernel"].get_value()), qkv.T)
+    # The library loader reads the .pth directly (lone "model" entry unwrapped).
+    loaded = load_any4d(checkpoint, CFG)
+    np.testing.assert_array_equal(np.asarray(loaded.info_sharing.self_attention_blocks[1].attn.qkv.kernel[...]), qkv.T)
 
 
 def test_bad_inputs_raise():
