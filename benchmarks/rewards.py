@@ -7,8 +7,8 @@
 
 The scene is a static toyworld clip at that size (exact depth, points and cameras). r_geo runs with default options
 (leave-one-out, median-depth normalisation, top-3) on it, so both implementations do the same work; the JAX time
-with Any4D-style scene-flow filtering is printed as well (same seed, with moving objects). r_motion runs on a batch of --motion-batch
-trajectories of 21 poses. Prints seconds per call (median of --repeats; compile time reported separately), the
+with Any4D-style scene-flow filtering is printed as well (same seed, with moving objects). r_motion runs on a batch
+of --motion-batch trajectories of --views poses. Prints seconds per call (median of --repeats; compile time reported separately), the
 largest |difference| between the two results (a check that both computed the same thing), and NumPy / JAX (> 1: JAX
 faster).
 """
@@ -37,7 +37,6 @@ ARGS = _parse()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vggrpo_jax.data.toyworld import ToyworldConfig, camera_path, clip_geometry, render_clip  # noqa: E402

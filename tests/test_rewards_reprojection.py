@@ -1,6 +1,5 @@
 """r_geo on toyworld ground truth: ~0 error (bounded by the z-buffer's sub-pixel discretisation), corruption is found,
 dynamic objects are filtered by scene flow, scale invariance, gradients and bad inputs."""
-import functools
 
 import jax
 import jax.numpy as jnp

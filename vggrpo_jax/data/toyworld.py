@@ -21,7 +21,8 @@ or with per-frame jitter. Each clip comes with everything a geometry model predi
 - ``caption`` naming the objects, which move, and the camera motion; ``camera_motion`` the path's name.
 
 Everything is a deterministic function of the seed (``jax.random.key(seed)``). One jit per (frames, height, width,
-config) where jitter, dynamic_prob and speed_range do not count (they are traced); ``ToyworldSource`` is a grain-style random-access data source (record i uses seed base_seed + i).
+config), where jitter, dynamic_prob and speed_range do not count (they are traced). ``ToyworldSource`` is a
+grain-style random-access data source (record i uses seed base_seed + i).
 """
 from __future__ import annotations
 
@@ -82,12 +83,16 @@ class ToyworldConfig:
 
     def __post_init__(self):
         if self.num_frames < 1 or self.height < 1 or self.width < 1:
-            raise ValueError(f"num_frames, height, width must be positive, got {self.num_frames}, {self.height}, {self.width}")
+            raise ValueError(
+                f"num_frames, height, width must be positive, got {self.num_frames}, {self.height}, {self.width}"
+            )
         if not 1 <= self.num_objects <= len(COLORS):
             raise ValueError(f"num_objects must be in [1, {len(COLORS)}], got {self.num_objects}")
         bad = [m for m in self.camera_motions if m not in CAMERA_MOTIONS]
         if bad or not self.camera_motions:
-            raise ValueError(f"camera_motions must be a non-empty subset of {CAMERA_MOTIONS}, got {self.camera_motions}")
+            raise ValueError(
+                f"camera_motions must be a non-empty subset of {CAMERA_MOTIONS}, got {self.camera_motions}"
+            )
         if self.jitter < 0 or not 0 <= self.dynamic_prob <= 1:
             raise ValueError(f"jitter must be >= 0 and dynamic_prob in [0, 1], got {self.jitter}, {self.dynamic_prob}")
         if not 1.0 <= self.fov_deg <= 150.0:
@@ -171,8 +176,10 @@ def camera_path(key: jax.Array, motion: jax.Array | int, num_frames: int, jitter
     eye_p = ring(th0, dist, h)
     yaw = jnp.arctan2(target[1] - eye_p[1], target[0] - eye_p[0]) + 0.45 * sweep * (s - 0.5)
     horiz = jnp.hypot(target[0] - eye_p[0], target[1] - eye_p[1])
-    pan = (jnp.broadcast_to(eye_p, (num_frames, 3)),
-           jnp.stack([eye_p[0] + horiz * jnp.cos(yaw), eye_p[1] + horiz * jnp.sin(yaw), jnp.full_like(s, target[2])], -1))
+    pan_target = jnp.stack(
+        [eye_p[0] + horiz * jnp.cos(yaw), eye_p[1] + horiz * jnp.sin(yaw), jnp.full_like(s, target[2])], -1
+    )
+    pan = (jnp.broadcast_to(eye_p, (num_frames, 3)), pan_target)
     crane = (ring(jnp.full_like(s, th0), jnp.full_like(s, dist), 1.0 + 2.0 * s), tgt)
 
     paths = {"orbit": orbit, "dolly": dolly, "pan": pan, "crane": crane}

@@ -79,7 +79,9 @@ def ray_depth_to_z(depth_along_ray: jnp.ndarray, rays: jnp.ndarray) -> jnp.ndarr
     """
     _check_last(rays, (3,), "rays")
     if depth_along_ray.shape != rays.shape[:-1]:
-        raise ValueError(f"depth_along_ray {tuple(depth_along_ray.shape)} must match rays {tuple(rays.shape)} minus the last axis")
+        raise ValueError(
+            f"depth_along_ray {tuple(depth_along_ray.shape)} must match rays {tuple(rays.shape)} minus the last axis"
+        )
     return depth_along_ray * rays[..., 2] / jnp.maximum(safe_norm(rays), 1e-12)
 
 
