@@ -19,7 +19,7 @@ from any4d_reference import ReferenceAny4D
 from vggrpo_jax.checkpoint import restore_params
 from vggrpo_jax.convert.any4d import from_torch_state_dict, load_any4d
 from vggrpo_jax.convert.common import CheckpointError, open_state_dict
-from vggrpo_jax.geometry import make_intrinsics, pixel_rays
+from vggrpo_jax.geometry import pixel_rays
 from vggrpo_jax.models.any4d import Any4D, Any4DConfig, Any4DOutput, to_scene_geometry
 
 TOL = 1e-4

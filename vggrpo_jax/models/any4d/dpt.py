@@ -104,7 +104,8 @@ class DPTRegressor(nnx.Module):
     def __init__(self, features: int, out_channels: int, *, rngs: nnx.Rngs):
         hidden = features // 2
         self.conv1 = conv(features, hidden, 3, pad=1, rngs=rngs)
-        self.conv2 = nnx.List([conv(hidden, hidden, 3, pad=1, rngs=rngs), None, conv(hidden, out_channels, 1, rngs=rngs)])
+        self.conv2 = nnx.List([conv(hidden, hidden, 3, pad=1, rngs=rngs), None,  # [1] is the ReLU
+                               conv(hidden, out_channels, 1, rngs=rngs)])
 
     def __call__(self, x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
         """(V, 8h, 8w, F) → (V, H, W, out_channels)."""

@@ -52,7 +52,7 @@ AttentionFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str | None = None) -> jax.Array:
-    """(B, L, H, Dh) each → (B, L, H, Dh), softmax(q·kᵀ/√Dh)·v (fused flash kernel with implementation="cudnn")."""
+    """(B, L, H, Dh) each → (B, L, H, Dh): softmax(q·kᵀ/√Dh)·v; implementation="cudnn" is the fused GPU kernel."""
     return jax.nn.dot_product_attention(q, k, v, scale=q.shape[-1] ** -0.5, implementation=implementation)
 
 

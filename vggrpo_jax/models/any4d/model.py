@@ -141,7 +141,10 @@ class Any4D(nnx.Module):
 
     def heads(self, hook0: jax.Array, taps: Mapping[int, jax.Array], tokens: jax.Array, num_views: int,
               grid: tuple[int, int], image_hw: tuple[int, int]) -> Any4DOutput:
-        """Final norm + DPT geometry + DPT scene flow + pose + scale + adaptors. `tokens`: stream after the last block."""
+        """Final norm + DPT geometry + DPT scene flow + pose + scale + adaptors.
+
+        tokens: the raw stream after the last block; taps: {k: (B, N, T, D)} for every tap layer.
+        """
         c = self.config
         b = tokens.shape[0]
         h, w = grid
