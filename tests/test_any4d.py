@@ -7,6 +7,9 @@ satisfies max|ours − ref| ≤ 1e-4 · max(1, max|ref|) in fp32.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +17,8 @@ import torch
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ under plain `pytest`
 
 from any4d_reference import ReferenceAny4D
 from vggrpo_jax.checkpoint import restore_params

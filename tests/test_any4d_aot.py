@@ -8,10 +8,14 @@ parameters are FSDP-sharded (each device holds about 1/8 of them), and activatio
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import jax
 import pytest
 from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, tools/ under plain `pytest`
 
 from benchmarks.any4d import aot_compile, report_aot
 from vggrpo_jax.models.any4d import Any4D, Any4DConfig
