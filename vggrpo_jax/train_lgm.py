@@ -44,6 +44,7 @@ from vggrpo_jax.lgm.evaluate import (
     robustness_report,
 )
 from vggrpo_jax.lgm.finetune import finetune, heldout_alignment
+from vggrpo_jax.lgm.host_init import random_init
 from vggrpo_jax.lgm.loop import OptimConfig
 from vggrpo_jax.lgm.model import LatentGeometryModel, save_lgm
 from vggrpo_jax.lgm.rgb_path import RGBGeometryPath
@@ -74,12 +75,12 @@ def _is_orbax_dir(path: str) -> bool:
 
 
 def build_vae(c: ConfigDict) -> WanVAE:
-    """The Wan VAE: converted weights (diffusers dir / .safetensors / original .pth / orbax dir), or a random
-    init from config.seed when vae.checkpoint is empty (toy runs only)."""
+    """The Wan VAE: converted weights (diffusers dir / .safetensors / original .pth / orbax dir), or random weights
+    (lgm/host_init.py, seed config.seed) when vae.checkpoint is empty (toy runs only)."""
     cfg = vae_config(c)
     path = c.vae.checkpoint
     if not path:
-        return WanVAE(cfg, nnx.Rngs(c.seed))
+        return random_init(lambda: WanVAE(cfg, nnx.Rngs(0)), c.seed)
     if not os.path.exists(path):
         raise FileNotFoundError(f"config.vae.checkpoint={path!r} does not exist")
     abstract = nnx.eval_shape(lambda: WanVAE(cfg, nnx.Rngs(0)))
@@ -93,11 +94,12 @@ def build_vae(c: ConfigDict) -> WanVAE:
 
 def build_any4d(c: ConfigDict) -> Any4D:
     """Any4D: the released .pth, an orbax dir from tools/convert_any4d.py (base weights; LoRA adapters get their
-    identity init), or a random init from config.seed + 1 when any4d.checkpoint is empty (toy runs only)."""
+    identity init), or random weights (lgm/host_init.py, seed config.seed + 1) when any4d.checkpoint is empty (a
+    random teacher: toy runs only)."""
     cfg = any4d_config(c)
     path = c.any4d.checkpoint
     if not path:
-        return Any4D(cfg, nnx.Rngs(c.seed + 1))
+        return random_init(lambda: Any4D(cfg, nnx.Rngs(0)), c.seed + 1)
     if not os.path.exists(path):
         raise FileNotFoundError(f"config.any4d.checkpoint={path!r} does not exist")
     if os.path.isfile(path):

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 BLOCK_KINDS = ("mlp", "conv")
+# Parameters initialised to zero (so a deeper connector starts as the single conv, and the scale token as a constant).
+ZERO_INIT = ("fc2.kernel", "scale_proj.kernel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,14 +255,21 @@ def build_connector(
     depth = int(any4d_config.trunk_depth)
     if not 0 <= stitch_layer <= depth:
         raise ValueError(f"stitch layer {stitch_layer} is outside the trunk's 0..{depth}")
-    return Connector(
-        config,
-        latent_channels=latent_channels,
-        trunk_dim=int(any4d_config.trunk_dim),
-        encoder_dim=int(any4d_config.encoder_dim),
-        stitch_layer=stitch_layer,
-        tap_layers=tuple(any4d_config.tap_layers),
-        rngs=nnx.Rngs(seed),
+    from vggrpo_jax.lgm.host_init import random_init  # noqa: PLC0415
+
+    # Host-side init with the module's own scheme (fan-in normal kernels, zero-initialised output projections).
+    return random_init(
+        lambda: Connector(
+            config,
+            latent_channels=latent_channels,
+            trunk_dim=int(any4d_config.trunk_dim),
+            encoder_dim=int(any4d_config.encoder_dim),
+            stitch_layer=stitch_layer,
+            tap_layers=tuple(any4d_config.tap_layers),
+            rngs=nnx.Rngs(seed),
+        ),
+        seed,
+        zeros=ZERO_INIT,
     )
 
 

@@ -97,6 +97,21 @@ def _flatten(tree: Any) -> dict[str, np.ndarray]:
     return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
 
 
+def _layout(flat: dict[str, Any]) -> list:
+    return [[list(np.shape(v)), str(jnp.asarray(v).dtype)] for _, v in sorted(flat.items())]
+
+
+def _check_layout(saved: list, live: dict[str, Any], where: str) -> None:
+    """Raises naming the first array whose shape/dtype differs between the checkpoint and the live state."""
+    mine = _layout(live)
+    if len(saved) != len(mine):
+        raise ValueError(f"{where}: checkpoint has {len(saved)} arrays, the live train state has {len(mine)}")
+    for i, (a, b) in enumerate(zip(saved, mine)):
+        if list(a[0]) != list(b[0]) or a[1] != b[1]:
+            raise ValueError(f"{where}: array {i} is {a} in the checkpoint but {b} in the live state "
+                             "(different model or config?)")
+
+
 def _restore_into(template: Any, flat: dict[str, Any], where: str) -> Any:
     leaves, treedef = jax.tree.flatten(template)
     if len(flat) != len(leaves):
@@ -159,19 +174,19 @@ def fit(
         )
         latest = manager.latest_step()
         if latest is not None:
+            live = _flatten({"params": params, "opt": opt_state, "rng": rng})
+            meta = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            if meta.get("stage") != name:
+                raise ValueError(f"{ckpt_dir}: checkpoint belongs to stage {meta.get('stage')!r}, not {name!r}")
+            _check_layout(meta.get("layout", []), live, ckpt_dir)
             restored = manager.restore(
                 latest,
                 args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(
-                        {k: jax.ShapeDtypeStruct(np.shape(v), jnp.asarray(v).dtype)
-                         for k, v in _flatten({"params": params, "opt": opt_state, "rng": rng}).items()}
+                        {k: jax.ShapeDtypeStruct(np.shape(v), jnp.asarray(v).dtype) for k, v in live.items()}
                     ),
-                    meta=ocp.args.JsonRestore(),
                 ),
             )
-            meta = restored["meta"]
-            if meta.get("stage") != name:
-                raise ValueError(f"{ckpt_dir}: checkpoint belongs to stage {meta.get('stage')!r}, not {name!r}")
             state = _restore_into({"params": params, "opt": opt_state, "rng": rng}, restored["state"], ckpt_dir)
             params, opt_state, rng = state["params"], state["opt"], state["rng"]
             step = int(meta["step"])
@@ -185,7 +200,8 @@ def fit(
             s,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(_flatten({"params": params, "opt": opt_state, "rng": rng})),
-                meta=ocp.args.JsonSave({"stage": name, "step": s, "data_position": s, "total_steps": total_steps}),
+                meta=ocp.args.JsonSave({"stage": name, "step": s, "data_position": s, "total_steps": total_steps,
+                                        "layout": _layout(_flatten({"params": params, "opt": opt_state, "rng": rng}))}),
             ),
             force=True,
         )
