@@ -4,8 +4,8 @@
 
 Small-but-real config: dim 512 (4 heads × 128), ffn 2048, 8 layers, text_dim 4096; latent 16×8×32×32 → 2,048 tokens,
 64 text tokens, batch 1, fp32. Forward, and forward+backward of mean(out²) w.r.t. all parameters (what
-loss.backward() computes in PyTorch). Each figure is the best of `repeats` runs after a warm-up, interleaved
-between the frameworks so that machine load hits both alike. "Where the time goes" times the attention kernels
+loss.backward() computes in PyTorch). Each figure is the best of `repeats` rounds after a warm-up; each round runs
+every variant once, so that machine load hits all of them alike. "Where the time goes" times the attention kernels
 alone on the model's shapes (8 layers of self-attention over 2,048 tokens and cross-attention over 64).
 """
 
@@ -50,14 +50,17 @@ def main() -> None:
     tx, tt, te = (torch.from_numpy(a) for a in (x, t, e))
     jx, jt, je = (jnp.asarray(a) for a in (x, t, e))
 
-    def best(fn, n=args.repeats):
-        fn()  # warm-up (and compile)
-        times = []
+    def best_of(fns: dict, n=args.repeats) -> dict:
+        """Best time of each function over n rounds; rounds interleave the functions (load hits all alike)."""
+        for fn in fns.values():
+            fn()  # warm-up (and compile)
+        times = {k: [] for k in fns}
         for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+        return {k: min(v) for k, v in times.items()}
 
     # ------------------------------------------------------------------------------------------- PyTorch
     def torch_fwd():
@@ -95,13 +98,14 @@ def main() -> None:
     out_j = np.asarray(jax.jit(lambda p: nnx.merge(*p)(jx, jt, je))(nnx.split(from_torch_state_dict(sd, cfg))))
     print(f"max |JAX - diffusers| on the benchmark inputs: {np.max(np.abs(out_j - out_t)):.2e}")
 
-    rows = {}
-    for name, (f, fb) in [("diffusers (torch)", (torch_fwd, torch_fwd_bwd))] + list(variants.items()):
-        rows[name] = (best(f), best(fb))
+    fns = {"diffusers (torch)": (torch_fwd, torch_fwd_bwd), **variants}
+    fwd_t = best_of({k: v[0] for k, v in fns.items()})
+    fwd_bwd_t = best_of({k: v[1] for k, v in fns.items()})
+    rows = {k: (fwd_t[k], fwd_bwd_t[k]) for k in fns}
     base_f, base_fb = rows["diffusers (torch)"]
     print(f"\n{'':24s} {'forward':>9s} {'fwd+bwd':>9s} {'fwd ratio':>10s} {'fwd+bwd ratio':>14s}  (ratio = time / diffusers)")
     for name, (f, fb) in rows.items():
-        print(f"{name:24s} {f:8.3f}s {fb:8.3f}s {f / base_f:10.2f} {fb / base_fb:14.2f}")
+        print(f"{name:24s} {f:8.3f}s {fb:8.3f}s {f / base_f:10.2f} {fb / base_fb:14.2f}", flush=True)
 
     # ---------------------------------------------------------------------------------- where the time goes
     layers = cfg.num_layers
@@ -135,11 +139,11 @@ def main() -> None:
                 jax.block_until_ready(f(jq, jkc))
         return run
 
-    attn = {
-        "diffusers (torch)": (best(torch_attn(False)), best(torch_attn(True))),
-        "jax blocked (default)": (best(jax_attn("blocked", False)), best(jax_attn("blocked", True))),
-        "jax xla attention": (best(jax_attn("xla", False)), best(jax_attn("xla", True))),
-    }
+    af = best_of({"diffusers (torch)": torch_attn(False), "jax blocked (default)": jax_attn("blocked", False),
+                  "jax xla attention": jax_attn("xla", False)})
+    afb = best_of({"diffusers (torch)": torch_attn(True), "jax blocked (default)": jax_attn("blocked", True),
+                   "jax xla attention": jax_attn("xla", True)})
+    attn = {k: (af[k], afb[k]) for k in af}
     print(f"\nwhere the time goes: attention alone ({layers} layers: self 2048×2048 + cross 2048×64, 4 heads × 128)")
     print(f"{'':24s} {'attn fwd':>9s} {'share':>6s} {'attn f+b':>9s} {'share':>6s} {'rest fwd':>9s} {'rest f+b':>9s}")
     for name, (af, afb) in attn.items():
