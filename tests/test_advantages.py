@@ -67,6 +67,16 @@ def test_non_finite_reward_gets_the_worst_advantage():
     assert np.all(np.isfinite(ga({"r": r_inf})))
 
 
+def test_a_group_that_failed_entirely_carries_no_signal():
+    # Group 0: every r_geo is -inf (no valid pixel anywhere); group 1 is ordinary. Group 0's advantage comes from the
+    # other reward alone, not from a constant -clip that would push all its samples down together.
+    geo = np.array([[-np.inf, -np.inf, -np.inf], [0.1, 0.2, 0.3]], np.float32)
+    motion = np.array([[0.1, 0.2, 0.3], [0.3, 0.3, 0.3]], np.float32)
+    adv = np.asarray(ga({"motion": motion, "geo": geo}))
+    np.testing.assert_allclose(adv[0], 0.5 * _np_standardise(motion[0]), rtol=1e-4)
+    np.testing.assert_allclose(adv[1], 0.5 * _np_standardise(geo[1]), rtol=1e-4)
+
+
 def test_leading_batch_dims_jit_and_vmap():
     rng = np.random.default_rng(2)
     r = {k: rng.normal(size=(2, 3, 4)).astype(np.float32) for k in ("m", "g")}

@@ -12,6 +12,7 @@ Writes, per evaluated step, `samples/step_XXXXXX/{i}.mp4` and `{i}_camera.png` (
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Sequence
 
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vggrpo_jax.parallel import place_state, replicate, shard_batch
 from vggrpo_jax.trainer import GRPOTrainer, geometry_rewards
 
 
@@ -43,7 +45,7 @@ class Evaluator:
     """Samples and scores a fixed set of evaluation prompts (their embeddings are computed once)."""
 
     def __init__(self, trainer: GRPOTrainer, vae: Any, any4d: Any, cond: np.ndarray, uncond: np.ndarray,
-                 prompts: Sequence[str], *, num_steps: int, fps: int, spatial_stride: int, view_frame_rule: str,
+                 prompts: Sequence[str], *, mesh: Any = None, num_steps: int, fps: int, spatial_stride: int, view_frame_rule: str,
                  rgb_rewards: bool = True, write_videos: bool = True, seed: int = 0):
         from vggrpo_jax.lgm.rgb_path import RGBGeometryPath  # noqa: PLC0415
 
@@ -54,6 +56,12 @@ class Evaluator:
         rgb = RGBGeometryPath(vae, any4d, spatial_stride=spatial_stride, view_frame_rule=view_frame_rule)
         self._rgb_graphdef, self._rgb_state = nnx.split(rgb)
         vae_graphdef, self._vae_state = nnx.split(vae)
+        self.mesh = mesh
+        if mesh is not None:
+            self._rgb_state = place_state(self._rgb_state, mesh)
+            self._vae_state = place_state(self._vae_state, mesh)
+            self.cond = shard_batch(np.asarray(cond), mesh)
+            self.uncond = replicate(jnp.asarray(uncond), mesh)
         rewards_cfg = trainer.config.rewards
         self._rgb = jax.jit(lambda s, z: geometry_rewards(nnx.merge(self._rgb_graphdef, s)(z), rewards_cfg))
         self._decode = jax.jit(lambda s, z: nnx.merge(vae_graphdef, s).decode(nnx.merge(vae_graphdef, s)
@@ -63,34 +71,37 @@ class Evaluator:
         """Samples with adapters `lora` (e.g. the EMA) and returns eval/* metrics; writes media under out_dir."""
         key = jax.random.key(self.seed)  # the same noise at every evaluation: curves compare like with like
         z0 = self.trainer.sample(lora, jnp.asarray(self.cond), jnp.asarray(self.uncond), key, self.num_steps)
-        z0 = jax.device_get(z0)
         latent = self.trainer.latent_rewards(z0)
-        video = np.asarray(jax.device_get(self._decode(self._vae_state, z0)))
+        with _mesh(self.mesh):
+            video = np.asarray(jax.device_get(self._decode(self._vae_state, z0)))
         metrics = {
             "eval/latent_motion": float(np.mean(latent["motion"])),
             "eval/latent_geo": float(np.mean(latent["geo"])),
             "eval/frame_smoothness": float(np.mean(np.asarray(frame_smoothness(jnp.asarray(video))))),
         }
         if self.rgb_rewards:
-            rgb = jax.device_get(self._rgb(self._rgb_state, z0))
+            with _mesh(self.mesh):
+                rgb = jax.device_get(self._rgb(self._rgb_state, z0))
             metrics["eval/rgb_motion"] = float(np.mean(rgb["motion"]))
             metrics["eval/rgb_geo"] = float(np.mean(rgb["geo"]))
         if out_dir and self.write_videos and jax.process_index() == 0:
-            self._write(video, z0, os.path.join(out_dir, f"step_{step:06d}"))
+            self._write(video, latent["c2w"], os.path.join(out_dir, f"step_{step:06d}"))
         return metrics
 
-    def _write(self, video: np.ndarray, z0: np.ndarray, out: str) -> None:
+    def _write(self, video: np.ndarray, c2w: np.ndarray, out: str) -> None:
         from vggrpo_jax.data.video import write_video  # noqa: PLC0415
         from vggrpo_jax.visualize import plot_camera_trajectory  # noqa: PLC0415
 
         os.makedirs(out, exist_ok=True)
-        lgm = nnx.merge(self.trainer.lgm_graphdef, self.trainer.lgm_state)
-        geometry = jax.device_get(jax.jit(lambda z: lgm(z).c2w)(z0))
         with open(os.path.join(out, "prompts.txt"), "w") as fh:
             fh.write("\n".join(self.prompts[: len(video)]) + "\n")
         for i in range(min(len(video), len(self.prompts))):
             write_video(os.path.join(out, f"{i}.mp4"), video[i], fps=self.fps)
-            plot_camera_trajectory(geometry[i], os.path.join(out, f"{i}_camera.png"), title=self.prompts[i][:80])
+            plot_camera_trajectory(c2w[i], os.path.join(out, f"{i}_camera.png"), title=self.prompts[i][:80])
+
+
+def _mesh(mesh: Any):
+    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
 
 
 def main(argv: Sequence[str]) -> None:

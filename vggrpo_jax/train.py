@@ -86,6 +86,7 @@ class Run:
         shape = latent_shape(c, self.vae.config, int(self.vae.config.z_dim))
         self.policy = build.build_policy(c, self.mesh, text_dim, shape[0])
         lgm_graphdef, lgm_state = nnx.split(self.lgm)
+        lgm_state = parallel.place_state(lgm_state, self.mesh)  # by its logical axes (replicated where it has none)
         self.trainer = GRPOTrainer(c, self.policy, lgm_graphdef, lgm_state, shape, self.mesh)
         self.state = self.trainer.init_state()
         self.batches = PromptBatches(len(self.prompts), int(c.rl.prompts_per_batch), seed=int(c.seed))
@@ -104,7 +105,7 @@ class Run:
         cond = build.pad_batch(self.text.encode_trimmed(prompts), self.max_length)
         connector = self.lgm.connector.config
         return Evaluator(
-            self.trainer, self.vae, self.any4d, cond, self.uncond, prompts, num_steps=int(c.eval.num_steps),
+            self.trainer, self.vae, self.any4d, cond, self.uncond, prompts, mesh=self.mesh, num_steps=int(c.eval.num_steps),
             fps=int(c.video.fps), spatial_stride=int(connector.stride[-1]), view_frame_rule=self.lgm.view_frame_rule,
             rgb_rewards=bool(c.eval.rgb_rewards), write_videos=bool(c.eval.write_videos), seed=int(c.seed) + 7,
         )

@@ -62,7 +62,12 @@ def geometry_rewards(geometry: Any, reward_config: Any) -> dict[str, jax.Array]:
 
 
 def _stats(name: str, x: jax.Array) -> dict[str, jax.Array]:
-    return {f"{name}_mean": jnp.mean(x), f"{name}_std": jnp.std(x)}
+    """Mean and std over the finite entries, and the fraction of non-finite ones (e.g. r_geo = −inf)."""
+    finite = jnp.isfinite(x)
+    n = jnp.maximum(jnp.sum(finite), 1)
+    mean = jnp.sum(jnp.where(finite, x, 0.0)) / n
+    std = jnp.sqrt(jnp.sum(jnp.where(finite, (x - mean) ** 2, 0.0)) / n)
+    return {f"{name}_mean": mean, f"{name}_std": std, f"{name}_nonfinite_frac": 1.0 - jnp.mean(finite)}
 
 
 @dataclasses.dataclass
@@ -104,13 +109,13 @@ class GRPOTrainer:
         self._rollout = jax.jit(self._rollout_impl)
         self._sample = jax.jit(self._ode_impl, static_argnums=(5,))
         self._rewards = jax.jit(self._rewards_impl)
-        self._geometry_rewards = jax.jit(
-            lambda lgm_state, z0: geometry_rewards(nnx.merge(self.lgm_graphdef, lgm_state)(z0), self.config.rewards)
-        )
+        self._geometry_rewards = jax.jit(self._geometry_rewards_impl)
 
     # ------------------------------------------------------------------------------------------------ state
     def init_state(self) -> rl.TrainState:
-        return rl.init_train_state(self.policy.lora, self.optimizer, ema=True)
+        """Fresh adapters' train state, created on the mesh (moments and EMA sharded like the adapters)."""
+        with _maybe_mesh(self.mesh):
+            return jax.jit(lambda lora: rl.init_train_state(lora, self.optimizer, ema=True))(self.policy.lora)
 
     # ------------------------------------------------------------------------------------------------ stages
     def _noise(self, key: jax.Array, batch: int) -> jax.Array:
@@ -139,6 +144,10 @@ class GRPOTrainer:
         velocity = functools.partial(self.policy.velocity, lora, frozen)
         return rl.ode_sample(velocity, self._noise(key, cond.shape[0]), sigmas, cond={"emb": cond},
                              uncond={"emb": uncond}, cfg_scale=float(self.config.rl.cfg_scale))
+
+    def _geometry_rewards_impl(self, lgm_state, z0):
+        geometry = nnx.merge(self.lgm_graphdef, lgm_state)(z0)
+        return {**geometry_rewards(geometry, self.config.rewards), "c2w": geometry.c2w}
 
     def _rewards_impl(self, lgm_state, z0):
         lgm = nnx.merge(self.lgm_graphdef, lgm_state)
@@ -185,7 +194,7 @@ class GRPOTrainer:
             return self._sample(lora, self.policy.frozen, cond, uncond, key, num_steps)
 
     def latent_rewards(self, z0: jax.Array) -> dict[str, np.ndarray]:
-        """The LGM rewards of latents z0 (B, C, F', H', W'), per sample."""
+        """The LGM rewards of latents z0 (B, C, F', H', W') per sample, and the LGM cameras "c2w" (B, N, 4, 4)."""
         with _maybe_mesh(self.mesh):
             out = self._geometry_rewards(self.lgm_state, z0)
         return {k: np.asarray(v) for k, v in jax.device_get(out).items()}

@@ -10,7 +10,8 @@ def standardize_groups(r: jnp.ndarray, eps: float = 1e-4) -> jnp.ndarray:
     """(..., P, K) -> (r − μ)/(σ + eps) per group (last axis), population std over the group's finite entries.
 
     A zero-variance group gives 0. Non-finite rewards (a failed sample) are left out of μ and σ and come back as
-    -inf, to be clipped to the most negative advantage by ``group_advantages``.
+    -inf, to be clipped to the most negative advantage by ``group_advantages`` — unless the whole group failed:
+    then no sample is worse than another and every z is 0 (a constant shift would still push the policy).
     """
     ok = jnp.isfinite(r)
     n = jnp.maximum(jnp.sum(ok, -1, keepdims=True), 1)
@@ -18,7 +19,8 @@ def standardize_groups(r: jnp.ndarray, eps: float = 1e-4) -> jnp.ndarray:
     mu = jnp.sum(r0, -1, keepdims=True) / n
     var = jnp.sum(jnp.where(ok, (r0 - mu) ** 2, 0.0), -1, keepdims=True) / n
     z = (r0 - mu) / (jnp.sqrt(var) + eps)
-    return jnp.where(ok, z, -jnp.inf)
+    any_ok = jnp.any(ok, -1, keepdims=True)
+    return jnp.where(ok, z, jnp.where(any_ok, -jnp.inf, 0.0))
 
 
 def group_advantages(
