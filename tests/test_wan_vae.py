@@ -91,8 +91,11 @@ def test_encode_decode_parity(pair, frames):
 
 def test_spatial_tiling_matches_diffusers_enable_tiling(pair):
     """encode_tiled / decode_tiled against diffusers with enable_tiling on the same tile grid (one frame: tiling is
-    spatial; the temporal chunking inside each tile is the code tested above)."""
+    spatial; the temporal chunking inside each tile is the code tested above). Run on the 2.2 form only, whose
+    patchified grid exercises every branch of the tile arithmetic (2.1 is the patch-1 case), to keep compile time down."""
     cfg, ref, model, _ = pair
+    if not cfg.patch_size:
+        pytest.skip("tiling parity runs on the Wan2.2 form (test budget)")
     p = cfg.patch_size or 1
     x = np.random.default_rng(7).uniform(-1, 1, (1, 3, 1, 24 * p, 48 * p)).astype(np.float32)
     enc_tiles, dec_tiles = ((32, 32), (24, 24)), (((32, 32), (24, 24)) if p == 1 else ((64, 64), (48, 48)))
@@ -148,7 +151,7 @@ def test_round_trip_state_dict(pair):
     assert set(back) == set(sd)
     for k, v in sd.items():
         np.testing.assert_array_equal(back[k], v, k)
-    again = from_torch_state_dict(back, cfg)
+    again = from_torch_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, cfg)  # torch tensors too
     np.testing.assert_array_equal(
         np.asarray(again.encoder.conv_in.kernel.get_value()), np.asarray(model.encoder.conv_in.kernel.get_value())
     )
@@ -160,6 +163,8 @@ def test_cli_writes_orbax_that_restores(pair, tmp_path):
     from vggrpo_jax.checkpoint import restore_params
 
     cfg, _, model, _ = pair
+    if not cfg.patch_size:
+        pytest.skip("the CLI round trip runs once, on the Wan2.2 form (test budget)")
     src = _DIRS["tiny21" if cfg.z_dim == 16 else "tiny22"]
     spec = importlib.util.spec_from_file_location(
         "convert_wan_vae", os.path.join(os.path.dirname(__file__), "..", "tools", "convert_wan_vae.py")
