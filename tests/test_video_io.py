@@ -38,8 +38,9 @@ def test_write_read_round_trip(tmp_path, ext, tol):
     err = np.abs(back - video).mean()
     assert err <= tol, f"{ext}: mean-abs error {err:.4f} > {tol}"
     # frames stay in order: the blob moves right
-    centre = lambda v: (np.arange(v.shape[-1]) * (v[2].mean(axis=1) + 1)).sum(-1) / (v[2].mean(axis=1) + 1).sum(-1)  # noqa: E731
-    assert np.all(np.diff(centre(back)) > 0)
+    profile = back[2].mean(axis=1) + 1  # (F, W) blue-channel mass per column
+    centre = (np.arange(profile.shape[-1]) * profile).sum(-1) / profile.sum(-1)
+    assert np.all(np.diff(centre) > 0)
 
 
 def test_frame_folder(tmp_path):

@@ -92,7 +92,8 @@ def test_encode_decode_parity(pair, frames):
 def test_spatial_tiling_matches_diffusers_enable_tiling(pair):
     """encode_tiled / decode_tiled against diffusers with enable_tiling on the same tile grid (one frame: tiling is
     spatial; the temporal chunking inside each tile is the code tested above). Run on the 2.2 form only, whose
-    patchified grid exercises every branch of the tile arithmetic (2.1 is the patch-1 case), to keep compile time down."""
+    patchified grid exercises every branch of the tile arithmetic (2.1 is the patch-1 case), to keep compile
+    time down."""
     cfg, ref, model, _ = pair
     if not cfg.patch_size:
         pytest.skip("tiling parity runs on the Wan2.2 form (test budget)")

@@ -1,9 +1,9 @@
-"""PyTorch → Flax converter for the Wan VAE (diffusers AutoencoderKLWan, or the original Wan2.1_VAE.pth / Wan2.2_VAE.pth).
+"""PyTorch → Flax converter for the Wan VAE: diffusers AutoencoderKLWan, or the original Wan2.1_VAE.pth / Wan2.2_VAE.pth.
 
 Diffusers keys map one-to-one onto our variable paths (`encoder.down_blocks.3.conv1.weight` →
 encoder/down_blocks/3/conv1/kernel); the only renames are `resample.1` → `resample` (the 0th entry of diffusers'
-Sequential is a parameter-free pad/upsample), `weight` → `kernel` (conv layout transform) and norm `gamma` (C, 1, 1[, 1])
-→ (C,).
+Sequential is a parameter-free pad/upsample), `weight` → `kernel` (conv layout transform) and norm `gamma`
+(C, 1, 1[, 1]) → (C,). A bad checkpoint raises common.CheckpointError.
 
 The original Wan repository names (wan/modules/vae.py, vae2_2.py) differ; `original_key(diffusers_key, config)` is
 the documented table between the two, derived from the architecture:
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -84,7 +83,7 @@ def _path_of(key: str) -> Target | None:
 
 
 def _key_of(path: str) -> str:
-    """Our flat path 'encoder.down_blocks.2.resample.kernel' → diffusers key 'encoder.down_blocks.2.resample.1.weight'."""
+    """Our flat path 'encoder.down_blocks.2.resample.kernel' → diffusers 'encoder.down_blocks.2.resample.1.weight'."""
     parts = path.split(".")
     leaf = {"kernel": "weight", "bias": "bias", "gamma": "gamma"}[parts[-1]]
     body = ["resample.1" if p == "resample" else p for p in parts[:-1]]
@@ -236,5 +235,3 @@ def to_torch_state_dict(model: WanVAE) -> dict[str, np.ndarray]:
         out[key] = np.ascontiguousarray(value)
     return out
 
-
-CheckpointError = CheckpointError  # re-exported: the error a bad checkpoint raises

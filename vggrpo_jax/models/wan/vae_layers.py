@@ -58,7 +58,7 @@ class CausalConv3d(nnx.Module):
         self.spatial_pad = (padding[1], padding[2])
         self.dtype = dtype
         if self.time_pad not in (0, CACHE_T):
-            raise ValueError(f"CausalConv3d: temporal padding {padding[0]} is not supported with a {CACHE_T}-frame cache")
+            raise ValueError(f"CausalConv3d: temporal padding {padding[0]} does not fit the {CACHE_T}-frame cache")
 
     def conv(self, x: jax.Array) -> jax.Array:
         """The plain convolution, VALID in time (callers provide the causal context).
