@@ -66,7 +66,9 @@ def _prune_lgm_state(state, stitch_layer: int):
             or p[:2] == ["any4d", "scale_token"] or p[:3] == ["any4d", "info_sharing", "proj_embed"]
             or (p[:3] == ["any4d", "info_sharing", "self_attention_blocks"] and int(p[3]) < stitch_layer)
         )
-        flat.append((path, var.replace(jnp.zeros((0,), var.get_value().dtype)) if unused else var))
+        if unused:  # an empty placeholder, replicated (no logical axes)
+            var = var.replace(jnp.zeros((0,), var.get_value().dtype), out_sharding=None)
+        flat.append((path, var))
     return nnx.from_flat_state(flat)
 
 
@@ -143,7 +145,8 @@ def aot(args) -> None:
         for name, g, s in (("latent (LGM)", lg, ls), ("RGB (decode+Any4D)", rg, rs)):
             shard = abstract_state_shardings(s, mesh)
             abs_s = jax.tree.map(
-                lambda v, sh: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh), s, shard,
+                lambda v, sh: v.replace(jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype, sharding=sh)),
+                s, shard, is_leaf=lambda x: isinstance(x, nnx.Variable),
             )
             t = time.perf_counter()
             with jax.set_mesh(mesh):
