@@ -210,3 +210,32 @@ def test_configs_validate():
     full.stitch.criterion = "best"
     with pytest.raises(ValueError, match="stitch.criterion"):
         validate_lgm(full)
+
+
+# ------------------------------------------------------------------------------------------------ data sources
+def test_calibration_sources(tmp_path):
+    from vggrpo_jax.data.video import write_video
+    from vggrpo_jax.lgm.data import Concat, GeneratedClips, VideoDirectoryClips, split_heldout
+
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        write_video(str(vids / f"clip{k}.mp4"), rng.uniform(-1, 1, (3, 12, 40, 56)).astype(np.float32))
+    real = VideoDirectoryClips(str(vids), num_frames=9, height=32, width=48)
+    item = real[1]["video"]
+    assert len(real) == 3 and item.shape == (3, 9, 32, 48) and item.min() >= -1 and item.max() <= 1
+    gen_dir = tmp_path / "generated"
+    gen_dir.mkdir()
+    np.savez(gen_dir / "s0.npz", latents=np.zeros((16, 3, 4, 6), np.float32))
+    np.savez(gen_dir / "s1.npz", video=np.zeros((3, 9, 32, 48), np.float32))
+    gen = GeneratedClips(str(gen_dir))
+    assert gen[0]["latents"].shape == (16, 3, 4, 6) and "video" not in gen[0]
+    with pytest.raises(KeyError, match="latents"):
+        gen[1]
+    train, held = split_heldout(Concat([real, gen]), 0.4)
+    assert (len(train), len(held)) == (3, 2)
+    with pytest.raises(FileNotFoundError, match="no video files"):
+        VideoDirectoryClips(str(gen_dir), num_frames=9, height=32, width=48)
+    with pytest.raises(ValueError, match="1 \\+ 4"):
+        VideoDirectoryClips(str(vids), num_frames=10, height=32, width=48)

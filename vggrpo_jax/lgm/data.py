@@ -94,13 +94,8 @@ class VideoDirectoryClips:
     def __getitem__(self, i: int) -> dict:
         from vggrpo_jax.data.video import fit_video, read_video  # noqa: PLC0415
 
-        frames = read_video(self.files[i])
-        video = fit_video(frames, self.num_frames, self.height, self.width)
-        video = np.asarray(video, np.float32)
-        if video.shape[-1] == 3:  # (F, H, W, 3) in [0, 1] → (3, F, H, W) in [−1, 1]
-            video = np.transpose(video, (3, 0, 1, 2))
-            if video.max() <= 1.0 and video.min() >= 0.0:
-                video = video * 2.0 - 1.0
+        # read_video: (3, F, H, W) in [−1, 1]; fit_video: the central F frames, scaled to cover and center-cropped.
+        video = np.asarray(fit_video(read_video(self.files[i]), self.num_frames, self.height, self.width), np.float32)
         if video.shape != (3, self.num_frames, self.height, self.width):
             raise ValueError(f"{self.files[i]}: fitted video has shape {video.shape}, expected "
                              f"{(3, self.num_frames, self.height, self.width)}")
