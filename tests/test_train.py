@@ -29,13 +29,13 @@ def _lgm_config():
 
 @pytest.fixture(scope="module")
 def lgm_dir(tmp_path_factory):
-    from vggrpo_jax import train_lgm
+    from vggrpo_jax import build
     from vggrpo_jax.lgm.connector import ConnectorConfig, build_connector
     from vggrpo_jax.lgm.model import LatentGeometryModel, save_lgm
 
     c = _lgm_config()
-    vae = train_lgm.build_vae(c)
-    any4d = train_lgm.build_any4d(c)
+    vae = build.build_vae(c)
+    any4d = build.build_any4d(c)
     connector = build_connector(ConnectorConfig(), latent_channels=int(vae.config.z_dim), any4d_config=any4d.config,
                                 stitch_layer=2, seed=5)
     path = str(tmp_path_factory.mktemp("lgm") / "lgm")

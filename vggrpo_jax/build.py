@@ -16,7 +16,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from vggrpo_jax.checkpoint import restore_params
 from vggrpo_jax.data.prompts import read_prompts
+from vggrpo_jax.lgm.host_init import random_init
+from vggrpo_jax.models.any4d import Any4D, Any4DConfig
+from vggrpo_jax.models.lora import LoRAParam
+from vggrpo_jax.models.wan.vae import WanVAE
+from vggrpo_jax.models.wan.vae_config import WanVAEConfig
 from vggrpo_jax.policy import Policy, wan_config_from
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -104,6 +110,62 @@ def build_policy(config: Any, mesh: Mesh | None, text_dim: int, latent_channels:
 
 
 # --------------------------------------------------------------------------------------------------- geometry
+# VAE and Any4D from a config's `vae` / `any4d` sections (LGM and GRPO configs share them) and `seed`.
+def vae_config(c: Any) -> WanVAEConfig:
+    return getattr(WanVAEConfig, c.vae.preset)(dtype=_DTYPES[c.vae.dtype])
+
+
+def any4d_config(c: Any) -> Any4DConfig:
+    factory = Any4DConfig.full if c.any4d.preset == "full" else Any4DConfig.tiny
+    return factory(dtype=_DTYPES[c.any4d.dtype], lora_rank=int(c.any4d.lora_rank),
+                   lora_alpha=float(c.any4d.lora_alpha))
+
+
+def _is_orbax_dir(path: str) -> bool:
+    return os.path.isdir(path) and any(n.startswith("_") or n == "d" for n in os.listdir(path)) and not any(
+        n.endswith((".safetensors", ".json", ".pth")) and n != "_METADATA" for n in os.listdir(path)
+    )
+
+
+def build_vae(c: Any) -> WanVAE:
+    """The Wan VAE: converted weights (diffusers dir / .safetensors / original .pth / orbax dir), or random weights
+    (lgm/host_init.py, seed config.seed) when vae.checkpoint is empty (toy runs only)."""
+    cfg = vae_config(c)
+    path = c.vae.checkpoint
+    if not path:
+        return random_init(lambda: WanVAE(cfg, nnx.Rngs(0)), c.seed)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.vae.checkpoint={path!r} does not exist")
+    abstract = nnx.eval_shape(lambda: WanVAE(cfg, nnx.Rngs(0)))
+    if _is_orbax_dir(path):
+        graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+        return nnx.merge(graphdef, restore_params(path, params), rest)
+    from vggrpo_jax.convert.wan_vae import from_torch_state_dict  # noqa: PLC0415
+
+    return from_torch_state_dict(path, cfg)
+
+
+def build_any4d(c: Any) -> Any4D:
+    """Any4D: the released .pth, an orbax dir from tools/convert_any4d.py (base weights; LoRA adapters get their
+    identity init), or random weights (lgm/host_init.py, seed config.seed + 1) when any4d.checkpoint is empty (a
+    random teacher: toy runs only)."""
+    cfg = any4d_config(c)
+    path = c.any4d.checkpoint
+    if not path:
+        return random_init(lambda: Any4D(cfg, nnx.Rngs(0)), c.seed + 1)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.any4d.checkpoint={path!r} does not exist")
+    if os.path.isfile(path):
+        from vggrpo_jax.convert.any4d import load_any4d  # noqa: PLC0415
+
+        return load_any4d(path, cfg)
+    abstract = nnx.eval_shape(lambda: Any4D(cfg, nnx.Rngs(0)))
+    graphdef, lora, params, rest = nnx.split(abstract, LoRAParam, nnx.Param, ...)
+    params = restore_params(path, params)
+    lora = jax.jit(lambda: nnx.state(Any4D(cfg, nnx.Rngs(c.seed + 1)), LoRAParam))()
+    return nnx.merge(graphdef, lora, params, rest)
+
+
 def load_config_file(path: str) -> Any:
     """get_config() of a config file (e.g. configs/lgm_toy.py)."""
     import importlib.util  # noqa: PLC0415
@@ -141,8 +203,8 @@ def build_geometry(config: Any, workdir: str) -> tuple[Any, Any, Any]:
     else:
         raise ValueError("config.lgm.checkpoint is empty: give the LGM directory written by vggrpo_jax.train_lgm "
                          "(or config.lgm.build_config to build one first)")
-    vae = train_lgm.build_vae(source)
-    any4d = train_lgm.build_any4d(source)
+    vae = build_vae(source)
+    any4d = build_any4d(source)
     return vae, any4d, load_lgm(path, any4d)
 
 

@@ -17,13 +17,11 @@ import json
 import os
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from ml_collections import ConfigDict
 
-from vggrpo_jax.checkpoint import restore_params
+from vggrpo_jax.build import build_any4d, build_vae
 from vggrpo_jax.lgm.config import validate_lgm
 from vggrpo_jax.lgm.connector import ConnectorConfig
 from vggrpo_jax.lgm.data import (
@@ -44,75 +42,16 @@ from vggrpo_jax.lgm.evaluate import (
     robustness_report,
 )
 from vggrpo_jax.lgm.finetune import finetune, heldout_alignment
-from vggrpo_jax.lgm.host_init import random_init
 from vggrpo_jax.lgm.loop import OptimConfig
 from vggrpo_jax.lgm.model import LatentGeometryModel, save_lgm
 from vggrpo_jax.lgm.rgb_path import RGBGeometryPath
 from vggrpo_jax.lgm.stitching import plot_curve, stitching_search
-from vggrpo_jax.models.any4d import Any4D, Any4DConfig, Any4DOutput, to_scene_geometry
-from vggrpo_jax.models.lora import LoRAParam
+from vggrpo_jax.models.any4d import Any4D, Any4DOutput, to_scene_geometry
 from vggrpo_jax.models.wan.vae import WanVAE
-from vggrpo_jax.models.wan.vae_config import WanVAEConfig
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 # ------------------------------------------------------------------------------------------------ models
-def vae_config(c: ConfigDict) -> WanVAEConfig:
-    return getattr(WanVAEConfig, c.vae.preset)(dtype=_DTYPES[c.vae.dtype])
-
-
-def any4d_config(c: ConfigDict) -> Any4DConfig:
-    factory = Any4DConfig.full if c.any4d.preset == "full" else Any4DConfig.tiny
-    return factory(dtype=_DTYPES[c.any4d.dtype], lora_rank=int(c.any4d.lora_rank),
-                   lora_alpha=float(c.any4d.lora_alpha))
-
-
-def _is_orbax_dir(path: str) -> bool:
-    return os.path.isdir(path) and any(n.startswith("_") or n == "d" for n in os.listdir(path)) and not any(
-        n.endswith((".safetensors", ".json", ".pth")) and n != "_METADATA" for n in os.listdir(path)
-    )
-
-
-def build_vae(c: ConfigDict) -> WanVAE:
-    """The Wan VAE: converted weights (diffusers dir / .safetensors / original .pth / orbax dir), or random weights
-    (lgm/host_init.py, seed config.seed) when vae.checkpoint is empty (toy runs only)."""
-    cfg = vae_config(c)
-    path = c.vae.checkpoint
-    if not path:
-        return random_init(lambda: WanVAE(cfg, nnx.Rngs(0)), c.seed)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config.vae.checkpoint={path!r} does not exist")
-    abstract = nnx.eval_shape(lambda: WanVAE(cfg, nnx.Rngs(0)))
-    if _is_orbax_dir(path):
-        graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-        return nnx.merge(graphdef, restore_params(path, params), rest)
-    from vggrpo_jax.convert.wan_vae import from_torch_state_dict  # noqa: PLC0415
-
-    return from_torch_state_dict(path, cfg)
-
-
-def build_any4d(c: ConfigDict) -> Any4D:
-    """Any4D: the released .pth, an orbax dir from tools/convert_any4d.py (base weights; LoRA adapters get their
-    identity init), or random weights (lgm/host_init.py, seed config.seed + 1) when any4d.checkpoint is empty (a
-    random teacher: toy runs only)."""
-    cfg = any4d_config(c)
-    path = c.any4d.checkpoint
-    if not path:
-        return random_init(lambda: Any4D(cfg, nnx.Rngs(0)), c.seed + 1)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config.any4d.checkpoint={path!r} does not exist")
-    if os.path.isfile(path):
-        from vggrpo_jax.convert.any4d import load_any4d  # noqa: PLC0415
-
-        return load_any4d(path, cfg)
-    abstract = nnx.eval_shape(lambda: Any4D(cfg, nnx.Rngs(0)))
-    graphdef, lora, params, rest = nnx.split(abstract, LoRAParam, nnx.Param, ...)
-    params = restore_params(path, params)
-    lora = jax.jit(lambda: nnx.state(Any4D(cfg, nnx.Rngs(c.seed + 1)), LoRAParam))()
-    return nnx.merge(graphdef, lora, params, rest)
-
-
 def connector_variants(c: ConfigDict) -> dict[str, ConnectorConfig]:
     base = c.connector.to_dict()
     return {name: ConnectorConfig.from_dict({**base, **dict(over)}) for name, over in c.stitch.variants.items()}
