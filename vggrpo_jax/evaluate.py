@@ -74,16 +74,12 @@ class Evaluator:
         latent = self.trainer.latent_rewards(z0)
         with _mesh(self.mesh):
             video = np.asarray(jax.device_get(self._decode(self._vae_state, z0)))
-        metrics = {
-            "eval/latent_motion": float(np.mean(latent["motion"])),
-            "eval/latent_geo": float(np.mean(latent["geo"])),
-            "eval/frame_smoothness": float(np.mean(np.asarray(frame_smoothness(jnp.asarray(video))))),
-        }
+        metrics = {"eval/frame_smoothness": float(np.mean(np.asarray(frame_smoothness(jnp.asarray(video)))))}
+        metrics.update(_summary("eval/latent", latent))
         if self.rgb_rewards:
             with _mesh(self.mesh):
                 rgb = jax.device_get(self._rgb(self._rgb_state, z0))
-            metrics["eval/rgb_motion"] = float(np.mean(rgb["motion"]))
-            metrics["eval/rgb_geo"] = float(np.mean(rgb["geo"]))
+            metrics.update(_summary("eval/rgb", rgb))
         if out_dir and self.write_videos and jax.process_index() == 0:
             self._write(video, latent["c2w"], os.path.join(out_dir, f"step_{step:06d}"))
         return metrics
@@ -98,6 +94,18 @@ class Evaluator:
         for i in range(min(len(video), len(self.prompts))):
             write_video(os.path.join(out, f"{i}.mp4"), video[i], fps=self.fps)
             plot_camera_trajectory(c2w[i], os.path.join(out, f"{i}_camera.png"), title=self.prompts[i][:80])
+
+
+def _summary(prefix: str, rewards: dict) -> dict[str, float]:
+    """Mean of each reward over the samples where it is finite, and the fraction where it is not (r_geo = −inf when
+    a view has no valid pixel)."""
+    out = {}
+    for name in ("motion", "geo"):
+        r = np.asarray(rewards[name], np.float64)
+        finite = np.isfinite(r)
+        out[f"{prefix}_{name}"] = float(r[finite].mean()) if finite.any() else float("nan")
+        out[f"{prefix}_{name}_nonfinite_frac"] = float(1.0 - finite.mean())
+    return out
 
 
 def _mesh(mesh: Any):
