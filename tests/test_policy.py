@@ -2,7 +2,6 @@
 the policy itself while LoRA B = 0) it computes diffusers' WanTransformer3DModel; the adapters are the only trainable
 leaves and are sharded like their layers on a mesh."""
 
-import importlib.util
 import os
 
 import jax
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.loading import load_script
 from vggrpo_jax.models.lora import LoRAParam
 from vggrpo_jax.models.wan.config import WanConfig
 from vggrpo_jax.parallel import make_mesh
@@ -22,10 +22,7 @@ ATOL = 2e-5  # fp32, as the DiT parity tests
 
 
 def _convert_tool():
-    spec = importlib.util.spec_from_file_location("convert_wan", os.path.join(ROOT, "tools", "convert_wan.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/convert_wan.py")
 
 
 def test_converted_checkpoint_through_policy_matches_diffusers(tmp_path):

@@ -1,14 +1,13 @@
 """Text pipeline: local tokenizer loading, Wan's trim-and-zero-pad-to-512 convention (checked against diffusers'
 WanPipeline._get_t5_prompt_embeds on the same tiny random encoder), the negative prompt, and the embedding cache."""
 
-import importlib.util
-import os
 import types
 
 import numpy as np
 import pytest
 import torch
 
+from helpers.loading import load_script
 from vggrpo_jax.convert import umt5 as conv
 from vggrpo_jax.data.spm import train_sentencepiece_tokenizer
 from vggrpo_jax.data.text import (
@@ -170,11 +169,7 @@ def test_cache_hit_miss_and_identity(tmp_path, tokenizer, hf_dir):
 
 
 def _load_tool(name):
-    path = os.path.join(os.path.dirname(__file__), "..", "tools", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"tools/{name}.py")
 
 
 def test_cache_tool_then_cache_only_reads(tmp_path, tokenizer_dir, hf_dir, torch_encoder, encoded):

@@ -1,7 +1,6 @@
 """UMT5 encoder: parity with transformers' UMT5EncoderModel (tiny random weights through our converter), buckets,
 bf16 mode, sharded execution, logical axes, and the strict hf / Wan converters."""
 
-import importlib.util
 import json
 import os
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 from flax import nnx
 
+from helpers.loading import load_script
 from vggrpo_jax.convert import umt5 as conv
 from vggrpo_jax.convert.common import CheckpointError, flatten_state
 from vggrpo_jax.models.umt5 import UMT5Config, UMT5Encoder, relative_position_buckets, tiny, umt5_xxl
@@ -217,11 +217,7 @@ def test_bad_checkpoint_lists_keys(hf_dir, jax_model):
 
 
 def _load_tool(name):
-    path = os.path.join(os.path.dirname(__file__), "..", "tools", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"tools/{name}.py")
 
 
 def test_convert_tool_and_load_encoder(tmp_path, hf_dir, inputs, reference):
