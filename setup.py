@@ -1,16 +1,18 @@
 """vggrpo_jax: VGGRPO (GRPO with 4D latent rewards) for Wan video models, in JAX/Flax NNX."""
 from setuptools import find_packages, setup
 
+# Lower bounds are the versions the project is tested with; upper bounds keep a fresh install on the same minor
+# series of the fast-moving JAX stack (Flax NNX and orbax APIs change between minors).
 INSTALL = [
-    "jax>=0.7",
-    "flax>=0.11",
-    "optax",
-    "orbax-checkpoint",
-    "transformers",
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "transformers>=5.24,<6",
     "einops",
-    "ml_collections",
+    "ml_collections>=1.1",
     "absl-py",
-    "grain",
+    "grain>=0.2.18,<0.3",
     "numpy",
     "safetensors",
     "sentencepiece",
@@ -30,7 +32,8 @@ EXTRAS = {
         "pytest-xdist",
         "hypothesis",
         "torch==2.13.0",
-        "diffusers",
+        "diffusers==0.42.1",  # the parity reference: pinned so its Wan modules cannot change under the tests
+        "transformers==5.24.0",
         "jaxtyping",
     ],
     "tpu": ["jax[tpu]"],
