@@ -104,6 +104,10 @@ def test_missing_checkpoints_and_prompts_fail_clearly(lgm_dir, tmp_path):
     with pytest.raises(ValueError, match="config.text.tokenizer is empty"):
         train(c, str(tmp_path / "a"))
     c = _config(lgm_dir, 1)
+    c.rl.prompts_per_batch = 1  # 4 samples cannot split over 8 devices
+    with pytest.raises(ValueError, match="4 samples .* do not split over the 8 batch shards"):
+        train(c, str(tmp_path / "mesh"))
+    c = _config(lgm_dir, 1)
     c.prompts.path = str(tmp_path / "none.txt")
     with pytest.raises(FileNotFoundError, match="none.txt"):
         train(c, str(tmp_path / "b"))

@@ -72,6 +72,13 @@ class Run:
         parallel.initialize_distributed(config.distributed)
         self.mesh = parallel.make_mesh(config.mesh)
         c = config
+        batch, shards = int(c.rl.prompts_per_batch) * int(c.rl.group_size), self._batch_shards()
+        micro = int(c.rl.micro_batch_size) or batch
+        if micro % shards:
+            raise ValueError(
+                f"rl.prompts_per_batch × rl.group_size = {batch} samples (micro-batches of {micro}) do not split over "
+                f"the {shards} batch shards (data × fsdp) of mesh {dict(self.mesh.shape)}: change the batch or the mesh"
+            )
 
         self.prompts = build.load_prompts(c)
         self.eval_prompts = build.load_prompts(c, eval_split=True)[: int(c.eval.num_prompts)]
