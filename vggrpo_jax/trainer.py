@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vggrpo_jax import rl
 from vggrpo_jax.parallel import constrain
@@ -104,8 +104,17 @@ class GRPOTrainer:
         self.optimizer = rl.make_optimizer(lr, float(c.optim.b1), float(c.optim.b2), float(c.optim.eps),
                                            float(c.optim.weight_decay))
         reference = self.policy.reference_velocity if float(c.rl.beta) > 0 else None
+        # Explicit output shardings for the update: the new train state lands exactly where the old one was (Adam
+        # moments and EMA sharded like the adapters, scalars replicated), metrics replicated.
+        self.state_shardings = None
+        out_shardings = None
+        if self.mesh is not None:
+            init = jax.jit(lambda lora: rl.init_train_state(lora, self.optimizer, ema=True))
+            with jax.set_mesh(self.mesh):
+                self.state_shardings = init.lower(self.policy.lora).compile().output_shardings
+            out_shardings = (self.state_shardings, NamedSharding(self.mesh, PartitionSpec()))
         self._train_step = rl.make_train_step(self.policy.velocity, reference, self.optimizer, self.grpo_config,
-                                              self.update_config)
+                                              self.update_config, out_shardings=out_shardings)
         self._rollout = jax.jit(self._rollout_impl)
         self._sample = jax.jit(self._ode_impl, static_argnums=(5,))
         self._rewards = jax.jit(self._rewards_impl)
@@ -114,8 +123,10 @@ class GRPOTrainer:
     # ------------------------------------------------------------------------------------------------ state
     def init_state(self) -> rl.TrainState:
         """Fresh adapters' train state, created on the mesh (moments and EMA sharded like the adapters)."""
+        init = jax.jit(lambda lora: rl.init_train_state(lora, self.optimizer, ema=True),
+                       out_shardings=self.state_shardings)
         with _maybe_mesh(self.mesh):
-            return jax.jit(lambda lora: rl.init_train_state(lora, self.optimizer, ema=True))(self.policy.lora)
+            return init(self.policy.lora)
 
     # ------------------------------------------------------------------------------------------------ stages
     def _noise(self, key: jax.Array, batch: int) -> jax.Array:

@@ -91,11 +91,10 @@ def compile_grpo_iteration(config: Any, mesh: Mesh, stitch_layer: int = 12) -> d
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, PartitionSpec()))
     out: dict[str, Any] = {}
     with jax.set_mesh(mesh):
-        # The train state's shardings as XLA propagates them from the LoRA params (Adam moments and EMA follow).
-        init = jax.jit(lambda lora_: rl.init_train_state(lora_, trainer.optimizer))
-        state = jax.eval_shape(init, policy.lora)
+        # The train state at the shardings the trainer gives it (Adam moments and EMA like the adapters).
+        state = jax.eval_shape(lambda lora_: rl.init_train_state(lora_, trainer.optimizer), policy.lora)
         state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), state,
-                             init.lower(policy.lora).compile().output_shardings)
+                             trainer.state_shardings)
         rollout = trainer._rollout.lower(policy.lora, policy.frozen, cond, uncond, key).compile()
         out["rollout"] = stats(rollout)
         traj = jax.eval_shape(trainer._rollout, policy.lora, policy.frozen, cond, uncond, key)
