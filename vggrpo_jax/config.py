@@ -19,7 +19,6 @@ from ml_collections import ConfigDict
 NOISE_RULES = ("flow_grpo_wan", "sd3", "constant")
 DIT_PRESETS = ("wan21_1_3b", "wan22_ti2v_5b", "wan21_14b", "tiny", "tiny22")
 VAE_PRESETS = ("wan21", "wan22", "tiny21", "tiny22")
-TEXT_PRESETS = ("umt5_xxl", "tiny")
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "full", "save_dots", "save_attention")
 ATTENTION = ("auto", "xla", "cudnn", "splash", "blocked")
@@ -53,7 +52,6 @@ def base_config() -> ConfigDict:
     c.vae = ConfigDict(dict(preset="wan21", checkpoint="", dtype="float32"))
     c.text = ConfigDict(
         dict(
-            preset="umt5_xxl",
             tokenizer="",  # local directory with the UMT5 tokenizer
             checkpoint="",  # orbax dir written by tools/convert_umt5.py
             cache_dir="",  # embedding cache (tools/cache_text_embeddings.py); skips the encoder when filled
@@ -143,7 +141,6 @@ def validate(c: ConfigDict) -> ConfigDict:
     _choice(c, "dit.remat_policy", REMAT)
     _choice(c, "dit.attention", ATTENTION)
     _choice(c, "vae.preset", VAE_PRESETS)
-    _choice(c, "text.preset", TEXT_PRESETS)
     _choice(c, "text.dtype", DTYPES)
     _choice(c, "any4d.preset", ("full", "tiny"))
     _choice(c, "any4d.dtype", DTYPES)

@@ -191,10 +191,7 @@ class WanConfig:
     @classmethod
     def tiny22(cls, **runtime: Any) -> "WanConfig":
         """A tiny 2.2-style model for tests: 48 latent channels (Wan2.2's VAE), dim 24, 2 layers."""
-        kw = dict(num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=2, in_channels=48,
-                  out_channels=48, text_dim=16, freq_dim=16, rope_max_seq_len=32)
-        kw.update(runtime)
-        return cls(**kw)
+        return cls.tiny(**{"in_channels": 48, "out_channels": 48, **runtime})
 
     @classmethod
     def preset(cls, name: str, **runtime: Any) -> "WanConfig":
