@@ -2,14 +2,17 @@
 
 One module-scoped pipeline: teacher cache → stitching search over ℓ → alignment fine-tuning (with a stop/resume
 run) → save/load → agreement and robustness reports. Tests check what must hold: the fitted connector's held-out
-feature error is < 20% of the untrained one's, ℓ̂ is the curve's argmin, L_align drops, a resumed run equals an
+feature error (the alignment error the stitching search ranks ℓ by) is < 20% of the untrained one's, ℓ̂ is the curve's argmin, L_align drops, a resumed run equals an
 uninterrupted one, the evaluate code's reports are consistent, and a saved LGM reloads to identical outputs.
 
-Thresholds. The issue asks for a held-out error below 20% of the untrained connector's. At this scale the fitted
-connector reaches about 21-25% (relative feature error ~0.45 against ~1.9 untrained): the random tiny VAE keeps 16
-numbers per 8×8×4 pixel block, so most of the pixel detail the random teacher's features depend on is gone (the
-hook-0 encoder features stay ~80% unexplained even on the training clips' neighbours). The tests use 30% (features)
-and 40% (outputs), which a connector that does not learn cannot pass (untrained = 100%).
+Calibration set. 160 training and 16 held-out toyworld clips with checkers of 1.0 world unit. The tiny VAE is
+random, not trained: it keeps an arbitrary 16-number projection of each 8×8×4 pixel block, so pixel detail finer
+than a latent cell (the default 0.5-unit checkers are 2-4 pixels wide at this resolution) cannot be predicted from
+the latents at all. Measured held-out feature-error ratios (fitted / untrained, ℓ = 1 and 3, 300 steps):
+20 training clips 0.21 / 0.23 (the 5×5×5 conv over-fits: train 0.18 vs held-out 0.39 unexplained); 160 clips
+0.184 / 0.191 with 0.5-unit checkers, 0.171 / 0.180 with 1.0-unit checkers. Output alignment (L_align) after the
+stitching fit is ~30% of the untrained connector's and fine-tuning lowers it a little further (~27%): the teacher's
+heads amplify the ~30% of feature variance that the latents of a random VAE do not carry.
 """
 
 import json
@@ -38,7 +41,9 @@ from vggrpo_jax.train_lgm import cached_teacher_geometry
 
 LAYERS = (1, 3)
 WEIGHTS = {"translation": 1.0, "rotation": 1.0, "depth": 1.0, "points": 1.0, "scene_flow": 1.0}
-ALIGN_STEPS = 16
+ALIGN_STEPS = 40
+NUM_CLIPS, NUM_HELDOUT = 176, 16
+STITCH_STEPS = 300
 ANY4D_CFG = dict(lora_rank=4, lora_alpha=4.0)
 
 
@@ -53,7 +58,8 @@ def pipe(tmp_path_factory):
     vae = random_init(lambda: WanVAE(WanVAEConfig.tiny21(), nnx.Rngs(0)), 0)
     any4d = _any4d()
     # 9 frames at 64x64 → 3 latent frames of 8x8 → 3 views of 4x4 tokens → teacher frames 56x56.
-    train_src, held_src = split_heldout(ToyworldClips(28, seed=100, num_frames=9, height=64, width=64), 2 / 7)
+    clips = ToyworldClips(NUM_CLIPS, seed=100, num_frames=9, height=64, width=64, checker_size=1.0)
+    train_src, held_src = split_heldout(clips, NUM_HELDOUT / NUM_CLIPS)
     target_fn = make_target_fn(vae, any4d, LAYERS, spatial_stride=2, view_frame_rule="last")
     identity = {"test": "tiny", "layers": LAYERS}
     kw = dict(identity=identity, batch_size=4, shard_size=8, progress=False)
@@ -61,7 +67,7 @@ def pipe(tmp_path_factory):
     held = build_teacher_cache(str(root / "cache/heldout"), held_src, target_fn, **kw)
     stitch = stitching_search(
         train=train, heldout=held, variants={"conv": ConnectorConfig()}, layers=LAYERS, latent_channels=16,
-        any4d_config=any4d.config, steps=120, batch_size=4, optim=OptimConfig(lr=3e-3, warmup_steps=10),
+        any4d_config=any4d.config, steps=STITCH_STEPS, batch_size=4, optim=OptimConfig(lr=3e-3, warmup_steps=10),
         seed=0, workdir=str(root / "stitch"), progress=False,
     )
     untrained = build_connector(ConnectorConfig(), latent_channels=16, any4d_config=any4d.config,
@@ -69,7 +75,7 @@ def pipe(tmp_path_factory):
     align_untrained = heldout_alignment(LatentGeometryModel(untrained, any4d), held, WEIGHTS)
     lgm0 = LatentGeometryModel(stitch.best, any4d)
     align_stitched = heldout_alignment(lgm0, held, WEIGHTS)
-    ft = dict(steps=ALIGN_STEPS, batch_size=4, optim=OptimConfig(lr=1e-3, warmup_steps=4), weights=WEIGHTS, seed=0,
+    ft = dict(steps=ALIGN_STEPS, batch_size=4, optim=OptimConfig(lr=5e-4, warmup_steps=8), weights=WEIGHTS, seed=0,
               train_lora=True, progress=False)
     lgm, result = finetune(lgm0, train, **ft)
     return dict(root=root, vae=vae, any4d=any4d, train=train, held=held, stitch=stitch, lgm=lgm, result=result,
@@ -79,7 +85,7 @@ def pipe(tmp_path_factory):
 
 def test_cache_runs_teacher_once_and_checks_fingerprint(pipe):
     held = pipe["held"]
-    assert len(pipe["train"]) == 20 and len(held) == 8
+    assert len(pipe["train"]) == NUM_CLIPS - NUM_HELDOUT and len(held) == NUM_HELDOUT
     m = held.manifest
     assert m["shapes"]["latents"] == [16, 3, 8, 8] and m["shapes"]["tokens_l3"] == [3 * 16 + 1, 64]
     assert m["shapes"]["hook0"] == [3, 16, 384] and m["shapes"]["out_depth_z"] == [3, 56, 56]
@@ -106,12 +112,12 @@ def test_stitching_curve_and_argmin(pipe):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-FEATURE_RATIO = 0.3  # see the module doc: the issue's 20% is not reached at this scale (~0.21-0.25 measured)
-OUTPUT_RATIO = 0.4
+FEATURE_RATIO = 0.2  # the issue's criterion (measured 0.171 at ℓ=1, 0.180 at ℓ=3)
+OUTPUT_RATIO = 0.35  # L_align of the stitched LGM (measured ~0.30; see the module doc)
 
 
 def test_learning_feature_alignment(pipe):
-    """Held-out relative feature error after fitting < 30% of the untrained connector's, at every ℓ."""
+    """Held-out relative feature error after fitting < 20% of the untrained connector's, at every ℓ."""
     stitch = pipe["stitch"]
     for l in LAYERS:
         fitted, init = stitch.curve["conv"][l], stitch.untrained["conv"][l]
@@ -123,7 +129,7 @@ def test_learning_feature_alignment(pipe):
 
 
 def test_learning_output_alignment(pipe):
-    """Held-out L_align: stitched connector < 40% of the untrained one's; fine-tuning lowers it further."""
+    """Held-out L_align: stitched connector < 35% of the untrained one's; fine-tuning lowers it further."""
     untrained, stitched, after = pipe["align_untrained"], pipe["align_stitched"], pipe["align_after"]
     print(f"L_align held-out: untrained {untrained['loss']:.4f} stitched {stitched['loss']:.4f} "
           f"fine-tuned {after['loss']:.4f}")
@@ -163,7 +169,7 @@ def test_agreement_and_robustness_reports(pipe):
         assert report["vs_teacher"][metric] < base["vs_teacher"][metric], metric
     for ref in ("vs_rgb", "vs_teacher"):
         assert 0 <= report[ref]["rot_deg"] <= 180 and report[ref]["depth_absrel"] >= 0
-    assert report["num_clips"] == 8 and len(report["rewards"]["lgm_motion"]) == 8
+    assert report["num_clips"] == NUM_HELDOUT and len(report["rewards"]["lgm_motion"]) == NUM_HELDOUT
     assert -1 <= report["spearman_motion"] <= 1
     # The metric is the one the evaluate code computes: the LGM against itself agrees exactly.
     self_report = agreement_report(lgm_fn, lgm_fn, [batch], reward_fn=make_reward_fn({"use_scene_flow": False}))
