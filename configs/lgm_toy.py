@@ -1,8 +1,9 @@
 """LGM at toy scale: tiny Wan2.1-style VAE + tiny Any4D (random weights are a valid teacher) on toyworld clips.
 
-Runs on CPU in a few minutes (24 training + 8 held-out clips, ℓ ∈ {1..4}, two connector variants):
+Runs on CPU in a few minutes (80 training + 16 held-out clips, ℓ ∈ {1..4}, two connector variants):
     python -m vggrpo_jax.train_lgm --config=configs/lgm_toy.py --workdir=/tmp/lgm_toy
 Clips of 9 frames at 64×64 → 3 latent frames of 8×8 → 3 views of 4×4 tokens → teacher input 56×56.
+Checkers of 1.0 world unit: the random tiny VAE cannot carry detail finer than a latent cell (tests/test_lgm_learning.py).
 """
 
 from vggrpo_jax.lgm.config import lgm_base_config
@@ -15,8 +16,9 @@ def get_config():
     c.any4d.lora_rank = 4
     c.any4d.lora_alpha = 2.0
     c.data.num_frames, c.data.height, c.data.width = 9, 64, 64
-    c.data.toyworld.num_clips = 32
-    c.data.heldout_fraction = 0.25
+    c.data.toyworld.num_clips = 96
+    c.data.toyworld.checker_size = 1.0
+    c.data.heldout_fraction = 1 / 6
     c.data.cache_dtype = "float32"
     c.data.shard_size = 8
     c.data.batch_size = 4

@@ -64,7 +64,7 @@ def build_sources(c: ConfigDict) -> tuple[Any, Any]:
     sources = []
     if d.toyworld.num_clips:
         sources.append(ToyworldClips(int(d.toyworld.num_clips), seed=int(d.toyworld.seed), num_frames=d.num_frames,
-                                     height=d.height, width=d.width))
+                                     height=d.height, width=d.width, checker_size=float(d.toyworld.checker_size)))
     if d.videos.path:
         sources.append(VideoDirectoryClips(d.videos.path, num_frames=d.num_frames, height=d.height, width=d.width,
                                            max_clips=int(d.videos.max_clips)))

@@ -66,7 +66,7 @@ def lgm_base_config() -> ConfigDict:
     ))
     c.data = ConfigDict(dict(
         num_frames=81, height=480, width=832,
-        toyworld=ConfigDict(dict(num_clips=0, seed=0)),
+        toyworld=ConfigDict(dict(num_clips=0, seed=0, checker_size=0.5)),  # checker_size: floor texture, world units
         videos=ConfigDict(dict(path="", max_clips=0)),  # real videos (DL3DV, RealEstate10K, MiraData, …)
         generated=ConfigDict(dict(path="", max_clips=0)),  # .npz samples of the base Wan model (latents [+ video])
         heldout_fraction=0.05,
