@@ -153,6 +153,10 @@ def test_spearman_matches_scipy():
     assert spearman(a, b) == pytest.approx(scipy.stats.spearmanr(a, b).statistic, abs=1e-12)
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    # A failed reward (−inf) ranks lowest; NaN makes the correlation undefined.
+    c = np.where(np.arange(40) % 7 == 0, -np.inf, b)
+    assert spearman(a, c) == pytest.approx(scipy.stats.spearmanr(a, np.where(np.isinf(c), -1e9, c)).statistic, abs=1e-12)
+    assert np.isnan(spearman(a, np.where(np.arange(40) == 3, np.nan, b)))
 
 
 # ------------------------------------------------------------------------------------------------ loop

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from vggrpo_jax.checkpoint import restore_params
 from vggrpo_jax.data.prompts import read_prompts
-from vggrpo_jax.lgm.host_init import random_init
+from vggrpo_jax.lgm.host_init import random_any4d, random_init
 from vggrpo_jax.models.any4d import Any4D, Any4DConfig
 from vggrpo_jax.models.lora import LoRAParam
 from vggrpo_jax.models.wan.vae import WanVAE
@@ -152,7 +152,7 @@ def build_any4d(c: Any) -> Any4D:
     cfg = any4d_config(c)
     path = c.any4d.checkpoint
     if not path:
-        return random_init(lambda: Any4D(cfg, nnx.Rngs(0)), c.seed + 1)
+        return random_any4d(cfg, c.seed + 1)
     if not os.path.exists(path):
         raise FileNotFoundError(f"config.any4d.checkpoint={path!r} does not exist")
     if os.path.isfile(path):

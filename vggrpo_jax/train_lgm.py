@@ -176,6 +176,9 @@ def run(c: ConfigDict, workdir: str, *, align_stop_after: int | None = None) -> 
             writer.add_scalar(f"eval/vs_rgb/{k}", v, step)
         writer.add_scalar("eval/spearman_motion", agreement["spearman_motion"], step)
         writer.add_scalar("eval/spearman_geo", agreement["spearman_geo"], step)
+        for name in ("motion", "geo"):
+            if f"spearman_{name}_vs_teacher" in agreement:
+                writer.add_scalar(f"eval/spearman_{name}_vs_teacher", agreement[f"spearman_{name}_vs_teacher"], step)
         with open(os.path.join(workdir, "eval.json"), "w") as f:
             json.dump(summary, f, indent=2, default=float)
         print(report_text(summary))
@@ -197,7 +200,11 @@ def report_text(summary: dict) -> str:
     for ref in ("vs_rgb", "vs_teacher", "rgb_vs_teacher"):
         if ref in a:
             lines.append(f"  {ref}: " + ", ".join(f"{k} {v:.4g}" for k, v in a[ref].items()))
-    lines.append(f"  spearman motion {a['spearman_motion']:.3f}, geo {a['spearman_geo']:.3f} ({a['num_clips']} clips)")
+    lines.append(f"  spearman LGM vs RGB rewards: motion {a['spearman_motion']:.3f}, geo {a['spearman_geo']:.3f} "
+                 f"({a['num_clips']} clips)")
+    if "spearman_motion_vs_teacher" in a:
+        lines.append(f"  spearman LGM vs teacher rewards: motion {a['spearman_motion_vs_teacher']:.3f}, "
+                     f"geo {a['spearman_geo_vs_teacher']:.3f}")
     lines.append("robustness (drift vs own clean output, LGM / RGB):")
     lines.append(format_robustness(summary["robustness"]))
     return "\n".join(lines)

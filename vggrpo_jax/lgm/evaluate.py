@@ -78,11 +78,14 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation (Pearson of average ranks). NaN when either side is constant or n < 2."""
+    """Spearman rank correlation (Pearson of average ranks). NaN when either side is constant, has a NaN, or n < 2.
+
+    ±inf ranks like any other value: a failed reward (−inf, e.g. r_geo of a clip where no view sees another's points)
+    is the lowest, as group_advantages treats it."""
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     if a.shape != b.shape:
         raise ValueError(f"spearman: {a.shape} vs {b.shape}")
-    if len(a) < 2 or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+    if len(a) < 2 or np.isnan(a).any() or np.isnan(b).any():
         return float("nan")
     ra, rb = _ranks(a), _ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
@@ -130,8 +133,9 @@ def agreement_report(
     """Agreement of the LGM with the RGB path (and with the teacher on the original frames, via teacher_fn).
 
     batches: dicts with "latents" (B, C, F', H', W') (and whatever teacher_fn reads). Returns
-    {"vs_rgb": {metric: mean}, "vs_teacher": {...} (if teacher_fn), "spearman_motion", "spearman_geo",
-     "rewards": {"lgm_motion": [...], "rgb_motion": [...], "lgm_geo": [...], "rgb_geo": [...]}, "num_clips"}.
+    {"vs_rgb": {metric: mean}, "vs_teacher": {...} (if teacher_fn), "spearman_motion", "spearman_geo" (LGM vs RGB
+     rewards), "spearman_{motion,geo}_vs_teacher" (if teacher_fn), "rewards": {"lgm_motion": [...], "rgb_motion",
+     "lgm_geo", "rgb_geo", and "teacher_motion", "teacher_geo" if teacher_fn}, "num_clips"}.
     """
     reward_fn = reward_fn or make_reward_fn()
     vs_rgb, vs_teacher, rgb_vs_teacher = [], [], []
@@ -144,6 +148,9 @@ def agreement_report(
             g_t = teacher_fn(batch)
             vs_teacher.append(jax.device_get(geometry_agreement(g_lgm, g_t)))
             rgb_vs_teacher.append(jax.device_get(geometry_agreement(g_rgb, g_t)))
+            r_t = jax.device_get(reward_fn(g_t))
+            for name in ("motion", "geo"):
+                rewards.setdefault(f"teacher_{name}", []).extend(np.asarray(r_t[name]).tolist())
         r_lgm, r_rgb = jax.device_get(reward_fn(g_lgm)), jax.device_get(reward_fn(g_rgb))
         for name in ("motion", "geo"):
             rewards[f"lgm_{name}"].extend(np.asarray(r_lgm[name]).tolist())
@@ -156,6 +163,9 @@ def agreement_report(
         report["rgb_vs_teacher"] = _mean(rgb_vs_teacher)
     report["spearman_motion"] = spearman(rewards["lgm_motion"], rewards["rgb_motion"])
     report["spearman_geo"] = spearman(rewards["lgm_geo"], rewards["rgb_geo"])
+    if teacher_fn is not None:  # the same against the teacher on the original frames
+        report["spearman_motion_vs_teacher"] = spearman(rewards["lgm_motion"], rewards["teacher_motion"])
+        report["spearman_geo_vs_teacher"] = spearman(rewards["lgm_geo"], rewards["teacher_geo"])
     report["rewards"] = rewards
     return report
 
