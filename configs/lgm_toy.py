@@ -36,6 +36,8 @@ def get_config():
     c.eval.max_clips = 8
     c.eval.sigmas = [0.0, 0.1, 0.3, 1.0]
     c.eval.reward.stride = 1
+    # The random teacher's scene flow is noise that marks every point dynamic (r_geo would be −inf everywhere).
+    c.eval.reward.use_scene_flow = False
     c.train.save_every = 50
     c.train.log_every = 10
     return c
