@@ -139,6 +139,8 @@ def test_bad_config():
         ToyworldConfig(camera_motions=("spin",))
     with pytest.raises(ValueError, match="num_objects"):
         ToyworldConfig(num_objects=0)
+    with pytest.raises(ValueError, match="checker_size"):
+        ToyworldConfig(checker_size=0.0)
     with pytest.raises(ValueError, match="seed"):
         render_clip(-1, config=CFG)
     with pytest.raises(ValueError, match="flow"):

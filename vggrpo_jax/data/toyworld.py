@@ -97,6 +97,11 @@ class ToyworldConfig:
             raise ValueError(f"jitter must be >= 0 and dynamic_prob in [0, 1], got {self.jitter}, {self.dynamic_prob}")
         if not 1.0 <= self.fov_deg <= 150.0:
             raise ValueError(f"fov_deg must be in [1, 150], got {self.fov_deg}")
+        if not (self.checker_size > 0 and self.ground_half_extent > 0):
+            raise ValueError(
+                f"checker_size and ground_half_extent must be positive, got {self.checker_size}, "
+                f"{self.ground_half_extent}"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------
