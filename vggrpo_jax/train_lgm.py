@@ -174,11 +174,9 @@ def run(c: ConfigDict, workdir: str, *, align_stop_after: int | None = None) -> 
         step = int(c.align.steps)
         for k, v in agreement["vs_rgb"].items():
             writer.add_scalar(f"eval/vs_rgb/{k}", v, step)
-        writer.add_scalar("eval/spearman_motion", agreement["spearman_motion"], step)
-        writer.add_scalar("eval/spearman_geo", agreement["spearman_geo"], step)
-        for name in ("motion", "geo"):
-            if f"spearman_{name}_vs_teacher" in agreement:
-                writer.add_scalar(f"eval/spearman_{name}_vs_teacher", agreement[f"spearman_{name}_vs_teacher"], step)
+        for k, v in agreement.items():
+            if k.startswith("spearman_"):
+                writer.add_scalar(f"eval/{k}", v, step)
         with open(os.path.join(workdir, "eval.json"), "w") as f:
             json.dump(summary, f, indent=2, default=float)
         print(report_text(summary))

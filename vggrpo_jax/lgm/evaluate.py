@@ -139,22 +139,21 @@ def agreement_report(
     """
     reward_fn = reward_fn or make_reward_fn()
     vs_rgb, vs_teacher, rgb_vs_teacher = [], [], []
-    rewards: dict[str, list] = {"lgm_motion": [], "rgb_motion": [], "lgm_geo": [], "rgb_geo": []}
+    paths = ("lgm", "rgb", "teacher") if teacher_fn is not None else ("lgm", "rgb")
+    rewards: dict[str, list] = {f"{p}_{name}": [] for p in paths for name in ("motion", "geo")}
     for batch in batches:
         z = jnp.asarray(batch["latents"])
-        g_lgm, g_rgb = lgm_fn(z), rgb_fn(z)
+        geometries = {"lgm": lgm_fn(z), "rgb": rgb_fn(z)}
+        g_lgm, g_rgb = geometries["lgm"], geometries["rgb"]
         vs_rgb.append(jax.device_get(geometry_agreement(g_lgm, g_rgb)))
         if teacher_fn is not None:
-            g_t = teacher_fn(batch)
+            geometries["teacher"] = g_t = teacher_fn(batch)
             vs_teacher.append(jax.device_get(geometry_agreement(g_lgm, g_t)))
             rgb_vs_teacher.append(jax.device_get(geometry_agreement(g_rgb, g_t)))
-            r_t = jax.device_get(reward_fn(g_t))
+        for p, g in geometries.items():
+            r = jax.device_get(reward_fn(g))
             for name in ("motion", "geo"):
-                rewards.setdefault(f"teacher_{name}", []).extend(np.asarray(r_t[name]).tolist())
-        r_lgm, r_rgb = jax.device_get(reward_fn(g_lgm)), jax.device_get(reward_fn(g_rgb))
-        for name in ("motion", "geo"):
-            rewards[f"lgm_{name}"].extend(np.asarray(r_lgm[name]).tolist())
-            rewards[f"rgb_{name}"].extend(np.asarray(r_rgb[name]).tolist())
+                rewards[f"{p}_{name}"].extend(np.asarray(r[name]).tolist())
     if not vs_rgb:
         raise ValueError("agreement_report: no batches")
     report: dict[str, Any] = {"vs_rgb": _mean(vs_rgb), "num_clips": len(rewards["lgm_motion"])}
