@@ -45,7 +45,7 @@ def outcomes(a: np.ndarray, b: np.ndarray, *, higher_is_better: bool, tie_tol: f
     if tie_tol < 0:
         raise ValueError(f"tie_tol must be ≥ 0, got {tie_tol}")
     ok = np.isfinite(a) & np.isfinite(b)
-    d = np.where(ok, a - b, 0.0) * (1.0 if higher_is_better else -1.0)
+    d = np.subtract(a, b, out=np.zeros_like(a), where=ok) * (1.0 if higher_is_better else -1.0)
     out = np.where(d > tie_tol, 1.0, np.where(d < -tie_tol, 0.0, 0.5))
     return np.where(ok, out, np.nan)
 
