@@ -15,7 +15,7 @@ from vggrpo_jax.config import VAE_PRESETS, base_config
 from vggrpo_jax.lgm.align import FEATURE_CRITERIA, MODALITIES
 from vggrpo_jax.lgm.connector import ConnectorConfig
 from vggrpo_jax.lgm.correspondence import VIEW_FRAME_RULES
-from vggrpo_jax.lgm.loop import OptimConfig
+from vggrpo_jax.training import OptimConfig
 
 ANY4D_PRESETS = ("full", "tiny")
 
@@ -134,11 +134,9 @@ def validate_lgm(c: ConfigDict) -> ConfigDict:
     for name in ("stitch.optim", "align.optim"):
         sect, sub = name.split(".")
         try:
-            OptimConfig.from_dict(c[sect][sub].to_dict())
-        except TypeError as e:
+            OptimConfig.from_config(c[sect][sub], where=f"config.{name}")
+        except (TypeError, ValueError) as e:
             raise ValueError(f"config.{name}: {e}") from None
-        if c[sect][sub].schedule not in ("cosine", "constant"):
-            _fail(f"{name}.schedule", c[sect][sub].schedule, "must be cosine or constant")
     return c
 
 

@@ -53,6 +53,7 @@ class TrainLoop:
       total_steps: the last step of the run.
       start_step: the step a restored checkpoint carries (0 for a fresh run).
       writer: a MetricWriter (or anything with write(step, scalars)); None = no logging.
+      metric_prefix: prepended to every written key (e.g. "stitch/" when several stages share one writer).
       samples_per_step: global samples per step, for perf/samples_per_second.
       log_every: write metrics every k steps (0 = only at the last step and when an action returns metrics).
       checkpoint: step → None; called every `checkpoint_every` steps, at the last step and on a stop request.
@@ -68,6 +69,7 @@ class TrainLoop:
         start_step: int = 0,
         *,
         writer: Any = None,
+        metric_prefix: str = "",
         samples_per_step: int | None = None,
         log_every: int = 1,
         checkpoint: Callable[[int], Any] | None = None,
@@ -87,7 +89,7 @@ class TrainLoop:
         if int(profile_steps) and workdir is None:
             raise ValueError("train.profile_steps > 0 needs a workdir for the trace")
         self.total_steps, self.start_step = int(total_steps), int(start_step)
-        self.writer, self.log_every = writer, int(log_every)
+        self.writer, self.log_every, self.metric_prefix = writer, int(log_every), metric_prefix
         self.timer = StepTimer(samples_per_step)
         self._checkpoint, self._checkpoint_every, self._checkpoint_wait = checkpoint, int(checkpoint_every), checkpoint_wait
         self._actions: list[tuple[int, Action, bool]] = []
@@ -175,7 +177,7 @@ class TrainLoop:
         ):
             self._checkpoint(step)
         if self.writer is not None and ((self.log_every > 0 and step % self.log_every == 0) or last or extra):
-            self.writer.write(step, values)
+            self.writer.write(step, {self.metric_prefix + k: v for k, v in values.items()})
         if self._bar is not None:
             self._bar.update(1)
             shown = {k.split("/")[-1]: f"{values[k]:.4g}" for k in self.postfix if k in values}
