@@ -25,9 +25,9 @@ def main() -> None:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
     sys.path.insert(0, os.getcwd())
 
-    from vggrpo_jax.build import load_config_file
+    from vggrpo_jax.backbones import load_config_file
     from vggrpo_jax.parallel import make_mesh
-    from vggrpo_jax.trainer_aot import compile_grpo_iteration
+    from vggrpo_jax.grpo.aot import compile_grpo_iteration
 
     config = load_config_file(args.config)
     config.rl.prompts_per_batch = args.prompts

@@ -28,10 +28,11 @@ def main() -> None:
     p.add_argument("--k", type=int, default=4)
     args = p.parse_args()
 
-    from vggrpo_jax import build, parallel
+    from vggrpo_jax import backbones as build
+    from vggrpo_jax import parallel
     from vggrpo_jax.lgm.connector import ConnectorConfig, build_connector
     from vggrpo_jax.lgm.model import LatentGeometryModel
-    from vggrpo_jax.trainer import GRPOTrainer, latent_shape
+    from vggrpo_jax.grpo.trainer import GRPOTrainer, latent_shape
 
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     from lgm_toy import get_config as lgm_config

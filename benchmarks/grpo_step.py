@@ -29,12 +29,12 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from vggrpo_jax.rewards import group_advantages  # noqa: E402
+from vggrpo_jax.training import OptimConfig, make_optimizer  # noqa: E402
 from vggrpo_jax.rl import (  # noqa: E402
     GrpoConfig,
     UpdateConfig,
     init_train_state,
     make_noise_rule,
-    make_optimizer,
     make_train_step,
     rollout,
     wan_sigmas,
@@ -127,7 +127,7 @@ def aot(args) -> None:
     sigmas = wan_sigmas(n_steps)
     rule = make_noise_rule("flow_grpo_wan", sigmas)
     gcfg = GrpoConfig(noise_rule=rule, clip_eps=1e-3, beta=0.004, cfg_scale=4.5)
-    opt = make_optimizer(1e-4)
+    opt = make_optimizer(OptimConfig(lr=1e-4, weight_decay=1e-4))
     state = jax.eval_shape(lambda p: init_train_state(p, opt), lora)
     state = sds(state, replicated_sharding(state, mesh))
     traj = jax.eval_shape(lambda: Trajectory(
@@ -199,7 +199,7 @@ def main():
     sigmas = wan_sigmas(args.steps)
     rule = make_noise_rule("flow_grpo_wan", sigmas)
     cfg = GrpoConfig(noise_rule=rule, clip_eps=1e-3, beta=0.004, cfg_scale=4.5)
-    opt = make_optimizer(1e-4)
+    opt = make_optimizer(OptimConfig(lr=1e-4, weight_decay=1e-4))
     update = UpdateConfig(num_micro_batches=args.micro)
     train_step = make_train_step(policy_fn, reference_fn, opt, cfg, update)
     state = init_train_state(lora, opt)

@@ -6,9 +6,9 @@ steps; all on abstract shapes (nothing is allocated). benchmarks/grpo_aot.py pri
 
 import os
 
-from vggrpo_jax.build import load_config_file
+from vggrpo_jax.backbones import load_config_file
 from vggrpo_jax.parallel import make_mesh
-from vggrpo_jax.trainer_aot import compile_grpo_iteration
+from vggrpo_jax.grpo.aot import compile_grpo_iteration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,6 +15,7 @@ stitching fit is ~26% of the untrained connector's and fine-tuning lowers it a l
 heads amplify the ~30% of feature variance that the latents of a random VAE do not carry.
 """
 
+import dataclasses
 import json
 import os
 
@@ -30,14 +31,14 @@ from vggrpo_jax.lgm.data import ToyworldClips, build_teacher_cache, make_target_
 from vggrpo_jax.lgm.evaluate import agreement_report, jit_module, make_reward_fn, robustness_report
 from vggrpo_jax.lgm.finetune import finetune, heldout_alignment
 from vggrpo_jax.lgm.host_init import random_any4d, random_init
-from vggrpo_jax.lgm.loop import OptimConfig
+from vggrpo_jax.lgm.loop import LGM_OPTIM
 from vggrpo_jax.lgm.model import LatentGeometryModel, load_lgm, save_lgm
+from vggrpo_jax.lgm.pipeline import cached_teacher_geometry
 from vggrpo_jax.lgm.rgb_path import RGBGeometryPath
 from vggrpo_jax.lgm.stitching import plot_curve, stitching_search
 from vggrpo_jax.models.any4d import Any4DConfig
 from vggrpo_jax.models.wan.vae import WanVAE
 from vggrpo_jax.models.wan.vae_config import WanVAEConfig
-from vggrpo_jax.train_lgm import cached_teacher_geometry
 
 LAYERS = (1, 3)
 WEIGHTS = {"translation": 1.0, "rotation": 1.0, "depth": 1.0, "points": 1.0, "scene_flow": 1.0}
@@ -67,7 +68,7 @@ def pipe(tmp_path_factory):
     held = build_teacher_cache(str(root / "cache/heldout"), held_src, target_fn, **kw)
     stitch = stitching_search(
         train=train, heldout=held, variants={"conv": ConnectorConfig()}, layers=LAYERS, latent_channels=16,
-        any4d_config=any4d.config, steps=STITCH_STEPS, batch_size=4, optim=OptimConfig(lr=3e-3, warmup_steps=10),
+        any4d_config=any4d.config, steps=STITCH_STEPS, batch_size=4, optim=dataclasses.replace(LGM_OPTIM, lr=3e-3, warmup_steps=10),
         seed=0, workdir=str(root / "stitch"), progress=False,
     )
     untrained = build_connector(ConnectorConfig(), latent_channels=16, any4d_config=any4d.config,
@@ -75,7 +76,7 @@ def pipe(tmp_path_factory):
     align_untrained = heldout_alignment(LatentGeometryModel(untrained, any4d), held, WEIGHTS)
     lgm0 = LatentGeometryModel(stitch.best, any4d)
     align_stitched = heldout_alignment(lgm0, held, WEIGHTS)
-    ft = dict(steps=ALIGN_STEPS, batch_size=4, optim=OptimConfig(lr=5e-4, warmup_steps=8), weights=WEIGHTS, seed=0,
+    ft = dict(steps=ALIGN_STEPS, batch_size=4, optim=dataclasses.replace(LGM_OPTIM, lr=5e-4, warmup_steps=8), weights=WEIGHTS, seed=0,
               train_lora=True, progress=False)
     lgm, result = finetune(lgm0, train, **ft)
     return dict(root=root, vae=vae, any4d=any4d, train=train, held=held, stitch=stitch, lgm=lgm, result=result,

@@ -19,7 +19,7 @@ from vggrpo_jax.lgm.config import validate_lgm
 from vggrpo_jax.lgm.connector import ZERO_INIT, Connector, ConnectorConfig
 from vggrpo_jax.lgm.host_init import random_init
 from vggrpo_jax.lgm.evaluate import depth_absrel, rotation_error_deg, spearman, translation_error
-from vggrpo_jax.lgm.loop import OptimConfig, fit
+from vggrpo_jax.lgm.loop import LGM_OPTIM, fit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -175,7 +175,7 @@ def test_fit_stop_and_resume_equals_uninterrupted(tmp_path):
     y = x @ np.ones((3, 2), np.float32)
     batch = lambda s: (x[(s * 8) % 64:(s * 8) % 64 + 8], y[(s * 8) % 64:(s * 8) % 64 + 8])  # noqa: E731
     kw = dict(name="t", frozen=None, loss_fn=_NoisyRegression(graphdef), batch_fn=batch,
-              optim=OptimConfig(lr=1e-2, warmup_steps=3), total_steps=20, rng=jax.random.key(3), progress=False)
+              optim=dataclasses.replace(LGM_OPTIM, lr=1e-2, warmup_steps=3), total_steps=20, rng=jax.random.key(3), progress=False)
     full = fit(params=params, **kw)
     first = fit(params=params, ckpt_dir=str(tmp_path / "c"), save_every=5, stop_after=8, **kw)
     assert first.step == 8 and not first.finished

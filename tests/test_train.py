@@ -29,7 +29,7 @@ def _lgm_config():
 
 @pytest.fixture(scope="module")
 def lgm_dir(tmp_path_factory):
-    from vggrpo_jax import build
+    from vggrpo_jax import backbones as build
     from vggrpo_jax.lgm.connector import ConnectorConfig, build_connector
     from vggrpo_jax.lgm.model import LatentGeometryModel, save_lgm
 
@@ -67,7 +67,7 @@ def _config(lgm_dir, iterations):
 
 
 def test_resume_repeats_the_uninterrupted_run_exactly(lgm_dir, tmp_path):
-    from vggrpo_jax.metrics import read_metrics
+    from vggrpo_jax.training import read_metrics
     from vggrpo_jax.train import train
 
     full = train(_config(lgm_dir, 4), str(tmp_path / "full"))

@@ -1,4 +1,7 @@
-"""Orbax checkpoints: converted model parameters (param-only) and, for training, the full train state.
+"""Orbax checkpoints of parameters only (converted weights, saved LGMs): save_params / restore_params.
+
+Train states (resumable runs) are vggrpo_jax.training.Checkpointer's business; this module stays at the bottom of
+the dependency order so that converters and models can use it.
 
 Writes are atomic: orbax writes into a temporary directory and renames it when complete, so a crash mid-save never
 leaves a half-written checkpoint that a later run would load.
@@ -44,49 +47,3 @@ def restore_params(path: str, abstract_state: nnx.State, shardings: Any = None) 
     state = jax.tree.map(lambda x: x, abstract_state)
     nnx.replace_by_pure_dict(state, restored)
     return state
-
-
-class TrainCheckpointer:
-    """Resumable training checkpoints: the train-state pytree plus JSON metadata (data-iterator position, config).
-
-    Saves are asynchronous (training continues while orbax writes) and atomic (a step directory appears only once
-    complete; an interrupted save leaves nothing a restore would pick up). `keep` newest steps are retained.
-    """
-
-    def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
-
-    def latest_step(self) -> int | None:
-        return self._manager.latest_step()
-
-    def save(self, step: int, state: Any, meta: dict) -> None:
-        """Starts saving `state` (a pytree of arrays) and `meta` (JSON-serialisable) as step `step`."""
-        self._manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        )
-
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict]:
-        """Restores (step, state, meta); `abstract_state` gives structure, dtypes and shardings.
-
-        Raises FileNotFoundError when there is no checkpoint to restore.
-        """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        target = jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)), abstract_state
-        )
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
-        )
-        return step, restored["state"], dict(restored["meta"])
-
-    def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
-
-    def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()

@@ -94,18 +94,20 @@ def base_config() -> ConfigDict:
         dict(
             weights=ConfigDict(dict(motion=1.0, geo=1.0)),
             top_k=3,
-            relative=True,  # errors divided by the scene's median depth (False: the paper's literal absolute error)
+            normalize=True,  # errors divided by the scene's median depth (False: the paper's literal absolute error)
             leave_one_out=True,
             use_scene_flow=True,  # drop dynamic points (by the predicted scene flow) from the r_geo point cloud
             flow_threshold=0.01,  # dynamic: |flow| > threshold × median depth
             conf_quantile=0.1,  # drop the least confident 10% of points
-            render_stride=1,
+            stride=1,  # r_geo renders every stride-th pixel
             adv_clip=5.0,
         )
     )
     c.optim = ConfigDict(dict(lr=1e-4, b1=0.9, b2=0.999, weight_decay=1e-4, eps=1e-8, grad_clip=1.0, warmup_steps=0))
     c.ema = ConfigDict(dict(decay=0.9, every=8))
-    c.train = ConfigDict(dict(num_iterations=1000, log_every=1, checkpoint_every=10, keep_checkpoints=3))
+    # profile_steps > 0: a jax.profiler trace of that many iterations (from the run's second) in <workdir>/profile.
+    c.train = ConfigDict(dict(num_iterations=1000, log_every=1, checkpoint_every=10, keep_checkpoints=3,
+                              profile_steps=0))
     c.eval = ConfigDict(dict(every=50, num_prompts=8, num_steps=50, write_videos=True, rgb_rewards=True))
     return c
 
@@ -151,8 +153,8 @@ def validate(c: ConfigDict) -> ConfigDict:
                 "video.fps", "ema.every", "text.max_length", "text.batch_size", "rewards.top_k"):
         _positive(c, key)
     for key in ("rl.beta", "rl.micro_batch_size", "rl.sde_window_size", "lora.rank", "optim.weight_decay",
-                "optim.grad_clip", "optim.warmup_steps", "rewards.flow_threshold", "rewards.render_stride",
-                "eval.every", "eval.num_prompts", "train.checkpoint_every"):
+                "optim.grad_clip", "optim.warmup_steps", "rewards.flow_threshold", "rewards.stride",
+                "eval.every", "eval.num_prompts", "train.checkpoint_every", "train.profile_steps"):
         _positive(c, key, allow_zero=True)
     if c.rl.group_size < 2:
         _fail("rl.group_size", c.rl.group_size, "GRPO needs at least 2 samples per prompt to form an advantage")

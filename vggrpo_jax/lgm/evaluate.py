@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from vggrpo_jax.geometry import SceneGeometry
-from vggrpo_jax.rewards import motion_smoothness, reprojection_consistency
+from vggrpo_jax.rewards import RewardOptions, geometry_rewards
 
 METRICS = ("rot_deg", "trans", "trans_rel", "depth_absrel")
 
@@ -106,13 +106,14 @@ def jit_module(module: nnx.Module) -> Callable[[jax.Array], Any]:
     return lambda x: _call_module(graphdef, state, x)
 
 
-def make_reward_fn(reward_kwargs: Mapping[str, Any] | None = None) -> Callable[[SceneGeometry], dict[str, jax.Array]]:
-    """SceneGeometry (B, ...) → {"motion": (B,), "geo": (B,)} (jitted; options go to reprojection_consistency)."""
-    kwargs = dict(reward_kwargs or {})
+def make_reward_fn(options: RewardOptions | None = None) -> Callable[[SceneGeometry], dict[str, jax.Array]]:
+    """SceneGeometry (B, ...) → {"motion": (B,), "geo": (B,)}, jitted: rewards.geometry_rewards with `options`."""
+    options = options or RewardOptions()
 
     @jax.jit
     def rewards(g):
-        return {"motion": motion_smoothness(g.c2w).reward, "geo": reprojection_consistency(g, **kwargs).reward}
+        out = geometry_rewards(g, options)
+        return {"motion": out["motion"], "geo": out["geo"]}
 
     return rewards
 

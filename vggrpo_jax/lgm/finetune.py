@@ -18,7 +18,8 @@ from flax import nnx
 
 from vggrpo_jax.lgm.align import MODALITIES, alignment_loss
 from vggrpo_jax.lgm.data import TeacherCache, batch_fn
-from vggrpo_jax.lgm.loop import FitResult, OptimConfig, fit
+from vggrpo_jax.lgm.loop import FitResult, fit
+from vggrpo_jax.training import OptimConfig
 from vggrpo_jax.lgm.model import LatentGeometryModel
 from vggrpo_jax.models.lora import LoRAParam
 

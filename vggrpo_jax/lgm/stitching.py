@@ -25,7 +25,8 @@ from flax import nnx
 from vggrpo_jax.lgm.align import criterion, feature_errors, feature_loss
 from vggrpo_jax.lgm.connector import Connector, ConnectorConfig, build_connector
 from vggrpo_jax.lgm.data import TeacherCache, batch_fn
-from vggrpo_jax.lgm.loop import OptimConfig, fit
+from vggrpo_jax.lgm.loop import fit
+from vggrpo_jax.training import OptimConfig
 
 
 def feature_keys(stitch_layer: int, tap_layers: Sequence[int]) -> dict[str, str]:
@@ -183,8 +184,8 @@ def stitching_search(
             e["criterion"] = criterion(e, criterion_kind, weights)
             curve[vname][l] = e
             connectors[(vname, l)] = conn
-            if writer is not None:
-                writer.add_scalar(f"stitch_curve/{vname}", e["criterion"], l)
+            if writer is not None:  # the curve over layers: its "step" is the layer ℓ
+                writer.write(l, {f"stitch_curve/{vname}": e["criterion"]})
     best_v, best_l = min(
         ((v, l) for v in curve for l in curve[v]), key=lambda vl: curve[vl[0]][vl[1]]["criterion"]
     )

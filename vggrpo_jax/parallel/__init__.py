@@ -1,6 +1,6 @@
 """Device mesh, logical-axis rules and placement helpers (single- and multi-host)."""
 
-from vggrpo_jax.parallel.mesh import MESH_AXES, initialize_distributed, make_mesh
+from vggrpo_jax.parallel.mesh import MESH_AXES, initialize_distributed, make_mesh, mesh_context
 from vggrpo_jax.parallel.rules import DEFAULT_RULES, logical_to_spec, logical_sharding
 from vggrpo_jax.parallel.placement import (
     abstract_placed,
@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_RULES",
     "initialize_distributed",
     "make_mesh",
+    "mesh_context",
     "logical_to_spec",
     "logical_sharding",
     "abstract_placed",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping
 
 import jax
@@ -43,6 +44,11 @@ def mesh_shape(mesh_config: Any, num_devices: int) -> dict[str, int]:
     if total != num_devices:
         raise ValueError(f"mesh: axis sizes {sizes} use {total} devices but {num_devices} are available")
     return sizes
+
+
+def mesh_context(mesh: Mesh | None) -> Any:
+    """`jax.set_mesh(mesh)`, or a no-op context for mesh None (single-device code paths)."""
+    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
 
 
 def make_mesh(mesh_config: Any = None, devices: list | None = None) -> Mesh:

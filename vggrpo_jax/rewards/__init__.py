@@ -2,10 +2,13 @@
 from vggrpo_jax.rewards.advantages import group_advantages, standardize_groups
 from vggrpo_jax.rewards.motion import MotionSmoothness, motion_smoothness
 from vggrpo_jax.rewards.reprojection import ReprojectionConsistency, reprojection_consistency
+from vggrpo_jax.rewards.options import RewardOptions, geometry_rewards
 
 __all__ = [
     "MotionSmoothness",
     "ReprojectionConsistency",
+    "RewardOptions",
+    "geometry_rewards",
     "group_advantages",
     "motion_smoothness",
     "reprojection_consistency",

@@ -35,7 +35,6 @@ from vggrpo_jax.rl.train_step import (
     UpdateConfig,
     accumulate_gradients,
     init_train_state,
-    make_optimizer,
     make_train_step,
 )
 
@@ -47,5 +46,5 @@ __all__ = [
     "NOISE_RULES", "NoiseRule", "gaussian_kl_same_std", "log_prob", "make_noise_rule", "noise_level", "ode_step",
     "sde_step", "sde_step_mean_std",
     "batch_leading_sharding", "replicated_sharding", "trajectory_sharding",
-    "TrainState", "UpdateConfig", "accumulate_gradients", "init_train_state", "make_optimizer", "make_train_step",
+    "TrainState", "UpdateConfig", "accumulate_gradients", "init_train_state", "make_train_step",
 ]

@@ -57,17 +57,6 @@ class UpdateConfig:
             raise ValueError(f"UpdateConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
 
 
-def make_optimizer(
-    learning_rate: float | optax.Schedule = 1e-4,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 1e-4,
-) -> optax.GradientTransformation:
-    """AdamW with Flow-GRPO's Wan defaults (lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 1e-4)."""
-    return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-
-
 def init_train_state(params: Any, optimizer: optax.GradientTransformation, ema: bool = True) -> TrainState:
     """A fresh TrainState; the EMA starts as a copy of params (its own buffers, so params can be donated)."""
     return TrainState(

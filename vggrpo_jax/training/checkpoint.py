@@ -1,5 +1,5 @@
-"""Orbax checkpoints: converted parameters (`save_params` / `restore_params`) and resumable train states
-(`Checkpointer`).
+"""Orbax checkpoints of resumable train states (`Checkpointer`); parameters-only checkpoints (`save_params` /
+`restore_params`, from vggrpo_jax/checkpoint.py) are re-exported here.
 
 A train-state checkpoint is one orbax CheckpointManager step holding three items:
 
@@ -25,44 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from flax import nnx
+
+from vggrpo_jax.checkpoint import restore_params, save_params
 
 
 class LayoutMismatchError(ValueError):
     """A checkpoint's leaves differ from the live train state's (names, shapes or dtypes)."""
-
-
-# ------------------------------------------------------------------------------------------------ params only
-def save_params(path: str, state: nnx.State | Any, force: bool = False) -> None:
-    """Saves a pytree of arrays (e.g. nnx.state(model, nnx.Param)) to `path` (a directory orbax creates)."""
-    path = os.path.abspath(path)
-    if os.path.exists(path) and not force:
-        raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite")
-    tree = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, tree, force=force)
-
-
-def restore_params(path: str, abstract_state: nnx.State, shardings: Any = None) -> nnx.State:
-    """Restores arrays saved by save_params into the structure of `abstract_state` (from nnx.eval_shape).
-
-    With `shardings` (a pytree matching abstract_state), each array is read directly at its sharding.
-    Raises FileNotFoundError for a missing directory and ValueError naming mismatched entries.
-    """
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no orbax checkpoint at {path}")
-    pure = nnx.to_pure_dict(abstract_state)
-    if shardings is not None:
-        shard_pure = nnx.to_pure_dict(shardings) if isinstance(shardings, nnx.State) else shardings
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), pure, shard_pure)
-    else:
-        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), pure)
-    with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(path, target)
-    state = jax.tree.map(lambda x: x, abstract_state)
-    nnx.replace_by_pure_dict(state, restored)
-    return state
 
 
 # ------------------------------------------------------------------------------------------------ flat trees

@@ -28,7 +28,7 @@ from vggrpo_jax.models.wan.transformer import WanTransformer
 from vggrpo_jax.models.wan.vae_config import WanVAEConfig
 from vggrpo_jax.parallel import abstract_placed, logical_sharding
 from vggrpo_jax.policy import Policy, wan_config_from
-from vggrpo_jax.trainer import GRPOTrainer, latent_shape
+from vggrpo_jax.grpo.trainer import GRPOTrainer, latent_shape
 
 GIB = 1024**3
 

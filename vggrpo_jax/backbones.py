@@ -1,4 +1,5 @@
-"""Building the GRPO run's components from its config: prompts, text conditioning, policy, LGM, RGB evaluator.
+"""The backbones every job loads from its config: prompts, the UMT5 text encoder, the Wan DiT policy, the Wan VAE
+and Any4D (the LGM's teacher), and config files by path.
 
 Each builder either loads real checkpoints (the paths in the config) or, only where the config says so explicitly
 (`allow_random_init`, used by configs/toy.py and tests), creates seeded random weights. A missing path is an error
@@ -176,36 +177,6 @@ def load_config_file(path: str) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
-
-
-def build_geometry(config: Any, workdir: str) -> tuple[Any, Any, Any]:
-    """(VAE, Any4D, LGM).
-
-    With lgm.checkpoint: the VAE and Any4D come from config.vae / config.any4d and the LGM from that directory.
-    With lgm.build_config instead (toy runs): the LGM is first constructed by `vggrpo_jax.train_lgm` with that config
-    in <workdir>/lgm (resumable; skipped when already there), and the VAE and Any4D are exactly the ones it was
-    built with (that config's sections and seed), so the LGM and its teacher always belong together.
-    """
-    from vggrpo_jax import train_lgm  # noqa: PLC0415
-    from vggrpo_jax.lgm.model import load_lgm  # noqa: PLC0415
-
-    if config.lgm.checkpoint:
-        source = config
-        for key, what in (("vae", "Wan VAE checkpoint"), ("any4d", "Any4D checkpoint")):
-            if not config[key].checkpoint and not config.allow_random_init:
-                _require("", f"{key}.checkpoint", what)
-        path = _require(config.lgm.checkpoint, "lgm.checkpoint", "LGM directory written by vggrpo_jax.train_lgm")
-    elif config.lgm.build_config:
-        source = load_config_file(config.lgm.build_config)
-        path = os.path.join(workdir, "lgm", "lgm")
-        if not os.path.isfile(os.path.join(path, "lgm.json")):
-            train_lgm.run(source, os.path.join(workdir, "lgm"))
-    else:
-        raise ValueError("config.lgm.checkpoint is empty: give the LGM directory written by vggrpo_jax.train_lgm "
-                         "(or config.lgm.build_config to build one first)")
-    vae = build_vae(source)
-    any4d = build_any4d(source)
-    return vae, any4d, load_lgm(path, any4d)
 
 
 def pad_batch(trimmed: Sequence[np.ndarray], max_length: int) -> np.ndarray:

@@ -14,7 +14,6 @@ jitted under `jax.set_mesh(mesh)` and follow those input shardings.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from typing import Any
@@ -22,14 +21,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vggrpo_jax import rl
-from vggrpo_jax.parallel import constrain
+from vggrpo_jax import rl, training
+from vggrpo_jax.parallel import constrain, mesh_context
 from vggrpo_jax.policy import Policy
-from vggrpo_jax.rewards import group_advantages, motion_smoothness, reprojection_consistency
+from vggrpo_jax.rewards import RewardOptions, geometry_rewards, group_advantages
 
 REWARD_NAMES = ("motion", "geo")
 
@@ -45,20 +43,9 @@ def latent_shape(config: Any, vae_config: Any, channels: int) -> tuple[int, int,
     return channels, 1 + (v.num_frames - 1) // ts, v.height // s, v.width // s
 
 
-def geometry_rewards(geometry: Any, reward_config: Any) -> dict[str, jax.Array]:
-    """SceneGeometry with batch dim B → {"motion": (B,), "geo": (B,), "e_trans", "e_rot"} (float32)."""
-    motion = motion_smoothness(geometry.c2w)
-    geo = reprojection_consistency(
-        geometry,
-        top_k=int(reward_config.top_k),
-        leave_one_out=bool(reward_config.leave_one_out),
-        normalize=bool(reward_config.relative),
-        stride=int(reward_config.render_stride),
-        conf_quantile=float(reward_config.conf_quantile),
-        flow_threshold=float(reward_config.flow_threshold),
-        use_scene_flow=bool(reward_config.use_scene_flow),
-    )
-    return {"motion": motion.reward, "geo": geo.reward, "e_trans": motion.e_trans, "e_rot": motion.e_rot}
+def reward_options(config: Any) -> RewardOptions:
+    """The reward options of a GRPO config (`config.rewards`; weights and adv_clip belong to the advantages)."""
+    return RewardOptions.from_config(config.rewards, where="rewards", other_keys=("weights", "adv_clip"))
 
 
 def _stats(name: str, x: jax.Array) -> dict[str, jax.Array]:
@@ -99,11 +86,10 @@ class GRPOTrainer:
             max_grad_norm=float(c.optim.grad_clip) or None,
             ema=rl.EmaConfig(max_decay=float(c.ema.decay), every=int(c.ema.every)),
         )
-        lr: Any = float(c.optim.lr)
-        if int(c.optim.warmup_steps) > 0:
-            lr = optax.linear_schedule(0.0, lr, int(c.optim.warmup_steps))
-        self.optimizer = rl.make_optimizer(lr, float(c.optim.b1), float(c.optim.b2), float(c.optim.eps),
-                                           float(c.optim.weight_decay))
+        # The gradient is clipped inside the update (before the non-finite guard, reported as train/grad_norm), so
+        # the optimizer itself does not clip again.
+        self.optimizer = training.make_optimizer(training.OptimConfig.from_config(c.optim, grad_clip=0.0))
+        self.reward_options = reward_options(c)
         reference = self.policy.reference_velocity if float(c.rl.beta) > 0 else None
         # Explicit output shardings for the update: the new train state lands exactly where the old one was (Adam
         # moments and EMA sharded like the adapters, scalars replicated), metrics replicated.
@@ -114,8 +100,9 @@ class GRPOTrainer:
             with jax.set_mesh(self.mesh):
                 self.state_shardings = init.lower(self.policy.lora).compile().output_shardings
             out_shardings = (self.state_shardings, NamedSharding(self.mesh, PartitionSpec()))
+        # The train state is donated: the update writes the new adapters, moments and EMA into the old buffers.
         self._train_step = rl.make_train_step(self.policy.velocity, reference, self.optimizer, self.grpo_config,
-                                              self.update_config, out_shardings=out_shardings)
+                                              self.update_config, out_shardings=out_shardings, donate_state=True)
         self._rollout = jax.jit(self._rollout_impl)
         self._sample = jax.jit(self._ode_impl, static_argnums=(5,))
         self._rewards = jax.jit(self._rewards_impl)
@@ -126,7 +113,7 @@ class GRPOTrainer:
         """Fresh adapters' train state, created on the mesh (moments and EMA sharded like the adapters)."""
         init = jax.jit(lambda lora: rl.init_train_state(lora, self.optimizer, ema=True),
                        out_shardings=self.state_shardings)
-        with _maybe_mesh(self.mesh):
+        with mesh_context(self.mesh):
             return init(self.policy.lora)
 
     # ------------------------------------------------------------------------------------------------ stages
@@ -141,6 +128,7 @@ class GRPOTrainer:
         start = jax.random.randint(key, (), 0, int(self.config.rl.num_steps) - size + 1)
         return start, size
 
+    @jax.named_scope("rollout")
     def _rollout_impl(self, lora, frozen, cond, uncond, key):
         k_noise, k_sde, k_window = jax.random.split(key, 3)
         x_init = self._noise(k_noise, cond.shape[0])
@@ -151,19 +139,24 @@ class GRPOTrainer:
             train_fraction=float(self.config.rl.timestep_fraction),
         )
 
+    @jax.named_scope("ode_sample")
     def _ode_impl(self, lora, frozen, cond, uncond, key, num_steps: int):
         sigmas = rl.wan_sigmas(num_steps, float(self.config.rl.shift), np.float64)
         velocity = functools.partial(self.policy.velocity, lora, frozen)
         return rl.ode_sample(velocity, self._noise(key, cond.shape[0]), sigmas, cond={"emb": cond},
                              uncond={"emb": uncond}, cfg_scale=float(self.config.rl.cfg_scale))
 
+    @jax.named_scope("lgm_rewards")
     def _geometry_rewards_impl(self, lgm_state, z0):
         geometry = nnx.merge(self.lgm_graphdef, lgm_state)(z0)
-        return {**geometry_rewards(geometry, self.config.rewards), "c2w": geometry.c2w}
+        return {**geometry_rewards(geometry, self.reward_options), "c2w": geometry.c2w}
 
+    @jax.named_scope("rewards")
     def _rewards_impl(self, lgm_state, z0):
         lgm = nnx.merge(self.lgm_graphdef, lgm_state)
-        rewards = geometry_rewards(lgm(z0), self.config.rewards)
+        with jax.named_scope("lgm"):
+            geometry = lgm(z0)
+        rewards = geometry_rewards(geometry, self.reward_options)
         b = z0.shape[0]
         p, k = b // self.group_size, self.group_size
         grouped = {n: rewards[n].reshape(p, k) for n in REWARD_NAMES}
@@ -185,32 +178,37 @@ class GRPOTrainer:
         return adv, raw, metrics
 
     # ------------------------------------------------------------------------------------------------ API
-    def iteration(self, state: rl.TrainState, cond: jax.Array, uncond: jax.Array, key: jax.Array):
+    def iteration(self, state: rl.TrainState, cond: jax.Array, uncond: jax.Array, key: jax.Array,
+                  timer: training.StepTimer | None = None):
         """rollout → rewards → update(s). cond (B, L, D) with rows grouped by prompt; uncond (1, L, D).
 
+        `state` is donated to the update: use the returned state only. With `timer`, each stage is waited for and
+        its seconds recorded (perf/{rollout,rewards,update}_seconds).
         Returns (new state, metrics dict of Python floats, z0).
         """
-        with _maybe_mesh(self.mesh):
-            traj = self._rollout(state.params, self.policy.frozen, cond, uncond, key)
-            adv, raw, metrics = self._rewards(self.lgm_state, traj.z0)
-            for _ in range(int(self.config.rl.inner_epochs)):
-                state, update_metrics = self._train_step(state, self.policy.frozen, traj, adv, {"emb": cond},
-                                                         {"emb": uncond}, raw)
+        timer = timer or training.StepTimer()
+        wait = jax.block_until_ready
+        with mesh_context(self.mesh):
+            with timer.section("rollout"):
+                traj = wait(self._rollout(state.params, self.policy.frozen, cond, uncond, key))
+            with timer.section("rewards"):
+                adv, raw, metrics = wait(self._rewards(self.lgm_state, traj.z0))
+            with timer.section("update"):
+                for _ in range(int(self.config.rl.inner_epochs)):
+                    state, update_metrics = self._train_step(state, self.policy.frozen, traj, adv, {"emb": cond},
+                                                             {"emb": uncond}, raw)
+                wait(update_metrics)
         metrics = {**metrics, **{f"train/{k}": v for k, v in update_metrics.items()}}
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         return state, metrics, traj.z0
 
     def sample(self, lora: Any, cond: jax.Array, uncond: jax.Array, key: jax.Array, num_steps: int) -> jax.Array:
         """Deterministic ODE samples (evaluation) with the given adapters (e.g. the EMA)."""
-        with _maybe_mesh(self.mesh):
+        with mesh_context(self.mesh):
             return self._sample(lora, self.policy.frozen, cond, uncond, key, num_steps)
 
     def latent_rewards(self, z0: jax.Array) -> dict[str, np.ndarray]:
         """The LGM rewards of latents z0 (B, C, F', H', W') per sample, and the LGM cameras "c2w" (B, N, 4, 4)."""
-        with _maybe_mesh(self.mesh):
+        with mesh_context(self.mesh):
             out = self._geometry_rewards(self.lgm_state, z0)
         return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
-
-
-def _maybe_mesh(mesh: Mesh | None):
-    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
