@@ -266,7 +266,7 @@ def test_missing_model_entry_and_tool_roundtrip(reference, checkpoint, tmp_path)
     from tools.convert_any4d import main
 
     out = tmp_path / "orbax"
-    main(["--checkpoint", checkpoint, "--out", str(out), "--config", "tiny"])
+    main(["--src", checkpoint, "--dst", str(out), "--preset", "tiny"])
     abstract = nnx.eval_shape(lambda: Any4D(CFG, rngs=nnx.Rngs(0)))
     _, abs_params, _ = nnx.split(abstract, nnx.Param, ...)
     restored = restore_params(str(out), abs_params)

@@ -53,3 +53,26 @@ def test_invalid_values_name_the_key(key, value, match):
     c[section][leaf] = value
     with pytest.raises(ValueError, match=match):
         validate(c)
+
+
+def test_option_lists_are_the_implementations_own():
+    """One source of truth: the config validates against the tuples the models / rl code itself checks, and every
+    listed preset constructs."""
+    from vggrpo_jax import config
+    from vggrpo_jax.models.any4d.config import Any4DConfig
+    from vggrpo_jax.models.wan.config import ATTENTION_KINDS, PRESETS, REMAT_POLICIES, WanConfig
+    from vggrpo_jax.models.wan.vae_config import VAE_PRESETS, WanVAEConfig
+    from vggrpo_jax.rl.sde import NOISE_RULES
+
+    assert config.REMAT is REMAT_POLICIES and {"save_dots_no_batch", "save_qkv_attention"} <= set(config.REMAT)
+    assert config.ATTENTION is ATTENTION_KINDS and config.NOISE_RULES is NOISE_RULES
+    assert config.DIT_PRESETS is PRESETS and config.VAE_PRESETS is VAE_PRESETS
+    for name in PRESETS:
+        assert isinstance(WanConfig.preset(name), WanConfig)
+    for name in VAE_PRESETS:
+        assert isinstance(getattr(WanVAEConfig, name)(), WanVAEConfig)
+    for name in config.ANY4D_PRESETS:
+        assert isinstance(getattr(Any4DConfig, name)(), Any4DConfig)
+    c = base_config()
+    c.dit.remat_policy = "save_qkv_attention"
+    validate(c)

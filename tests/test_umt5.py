@@ -224,7 +224,7 @@ def test_convert_tool_and_load_encoder(tmp_path, hf_dir, inputs, reference):
     tool = _load_tool("convert_umt5")
 
     out = tmp_path / "orbax"
-    assert tool.main(["--checkpoint", hf_dir[0], "--out", str(out), "--dtype", "float32"]) == 0
+    assert tool.main(["--src", hf_dir[0], "--dst", str(out), "--dtype", "float32"]) == 0
     model, fingerprint = conv.load_encoder(str(out))
     ids, mask = inputs
     np.testing.assert_allclose(_run(model, ids, mask), reference, atol=PARITY_ATOL)

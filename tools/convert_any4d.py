@@ -1,6 +1,6 @@
 """Converts the released Any4D checkpoint (any4d_4v_combined.pth) to orbax parameters.
 
-    python tools/convert_any4d.py --checkpoint any4d_4v_combined.pth --out /path/to/any4d_params [--force]
+    python tools/convert_any4d.py --src any4d_4v_combined.pth --dst /path/to/any4d_params [--preset full] [--force]
 
 Reads ckpt["model"] lazily (memory-mapped), drops the images-only-unused geometric-input encoders, folds aliases, and
 fails with a list of every missing / unexpected / mis-shaped key.
@@ -14,19 +14,23 @@ from vggrpo_jax.checkpoint import save_params
 from vggrpo_jax.convert.common import open_state_dict
 from vggrpo_jax.convert.any4d import from_torch_state_dict
 from vggrpo_jax.models.any4d import Any4DConfig
+from vggrpo_jax.models.any4d.config import ANY4D_PRESETS
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="torch.save dict with the weights under ['model']")
-    parser.add_argument("--out", required=True, help="output orbax directory")
-    parser.add_argument("--config", choices=("full", "tiny"), default="full")
-    parser.add_argument("--force", action="store_true", help="overwrite --out")
+    # The converters' one flag scheme: --src, --dst, --preset, --dtype, --force (old spellings kept as aliases).
+    parser.add_argument("--src", "--checkpoint", dest="src", required=True,
+                        help="torch.save dict with the weights under ['model']")
+    parser.add_argument("--dst", "--out", dest="dst", required=True, help="output orbax directory")
+    parser.add_argument("--preset", "--config", dest="preset", choices=ANY4D_PRESETS, default="full",
+                        help="architecture preset")
+    parser.add_argument("--force", action="store_true", help="overwrite --dst")
     args = parser.parse_args(argv)
-    config = Any4DConfig.full() if args.config == "full" else Any4DConfig.tiny()
-    params = from_torch_state_dict(open_state_dict(args.checkpoint, subkey="model"), config)
-    save_params(args.out, params, force=args.force)
-    print(f"wrote {args.out}")
+    config = getattr(Any4DConfig, args.preset)()
+    params = from_torch_state_dict(open_state_dict(args.src, subkey="model"), config)
+    save_params(args.dst, params, force=args.force)
+    print(f"wrote {args.dst}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Convert a UMT5 encoder checkpoint (transformers dir or the original Wan .pth) to an orbax params directory.
 
-    python tools/convert_umt5.py --checkpoint Wan2.1-T2V-1.3B-Diffusers/text_encoder --out ckpt/umt5_xxl
-    python tools/convert_umt5.py --checkpoint Wan2.1-T2V-1.3B/models_t5_umt5-xxl-enc-bf16.pth --out ckpt/umt5_xxl
+    python tools/convert_umt5.py --src Wan2.1-T2V-1.3B-Diffusers/text_encoder --dst ckpt/umt5_xxl
+    python tools/convert_umt5.py --src Wan2.1-T2V-1.3B/models_t5_umt5-xxl-enc-bf16.pth --dst ckpt/umt5_xxl
 
 Writes OUT/params (orbax), OUT/umt5_config.json and OUT/fingerprint.txt (the source bytes + storage dtype; the key of
 the text-embedding cache). Fails, listing every missing/unexpected/mis-shaped key, if the checkpoint does not match.
@@ -20,8 +20,10 @@ DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="transformers dir / .safetensors / Wan .pth")
-    parser.add_argument("--out", required=True, help="output directory")
+    # The converters' one flag scheme: --src, --dst, --config, --dtype, --force (old spellings kept as aliases).
+    parser.add_argument("--src", "--checkpoint", dest="src", required=True,
+                        help="transformers dir / .safetensors / Wan .pth")
+    parser.add_argument("--dst", "--out", dest="dst", required=True, help="output directory")
     parser.add_argument(
         "--config",
         default=None,
@@ -41,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.config:
         with open(args.config) as fh:
             config = UMT5Config.from_hf_config(json.load(fh))
-    model, fingerprint = umt5.load_encoder(args.checkpoint, config, dtype=DTYPES[args.dtype])
-    umt5.save_converted(model, args.out, fingerprint, force=args.force)
+    model, fingerprint = umt5.load_encoder(args.src, config, dtype=DTYPES[args.dtype])
+    umt5.save_converted(model, args.dst, fingerprint, force=args.force)
     cfg = model.config
     print(
-        f"converted {args.checkpoint} -> {args.out}: {cfg.num_layers} layers, d_model {cfg.d_model}, "
+        f"converted {args.src} -> {args.dst}: {cfg.num_layers} layers, d_model {cfg.d_model}, "
         f"vocab {cfg.vocab_size}, {args.dtype}, fingerprint {fingerprint[:16]}"
     )
     return 0

@@ -25,9 +25,10 @@ from flax import nnx
 from vggrpo_jax.checkpoint import save_params
 from vggrpo_jax.convert.wan_transformer import from_torch_state_dict
 from vggrpo_jax.models.wan import WanConfig
+from vggrpo_jax.models.wan.config import PRESETS
 
 _DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
-_PRESETS = ("wan21_1_3b", "wan22_ti2v_5b", "wan21_14b", "tiny", "tiny22")
+_PRESETS = PRESETS
 
 
 def _source(src: str) -> str:

@@ -3,10 +3,10 @@
 an orbax parameter checkpoint for vggrpo_jax.models.wan.vae.WanVAE.
 
     python tools/convert_wan_vae.py --src Wan2.1-T2V-1.3B-Diffusers/vae --dst ckpt/wan21_vae
-    python tools/convert_wan_vae.py --src Wan2.2_VAE.pth --variant wan22 --dst ckpt/wan22_vae [--dtype bfloat16]
+    python tools/convert_wan_vae.py --src Wan2.2_VAE.pth --preset wan22 --dst ckpt/wan22_vae [--dtype bfloat16]
 
 The architecture comes from the source's config.json (diffusers), else from --config (a diffusers config.json) or
---variant. The config is written next to the checkpoint as <dst>.config.json. Any missing, unexpected or mis-shaped
+--preset. The config is written next to the checkpoint as <dst>.config.json. Any missing, unexpected or mis-shaped
 key aborts the conversion with the full list.
 """
 
@@ -31,13 +31,13 @@ _VARIANTS = {"wan21": WanVAEConfig.wan21, "wan22": WanVAEConfig.wan22}
 def _config(args: argparse.Namespace) -> WanVAEConfig:
     if args.config:
         return load_config(args.config)
-    if args.variant:
-        return _VARIANTS[args.variant]()
+    if args.preset:
+        return _VARIANTS[args.preset]()
     src = args.src if os.path.isdir(args.src) else os.path.dirname(os.path.abspath(args.src))
     try:
         return load_config(src)
     except FileNotFoundError:
-        raise SystemExit(f"{args.src}: no config.json found; pass --variant wan21|wan22 or --config") from None
+        raise SystemExit(f"{args.src}: no config.json found; pass --preset wan21|wan22 or --config") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--src", required=True, help="diffusers VAE dir / pipeline root / .safetensors / original .pth")
     parser.add_argument("--dst", required=True, help="output orbax directory")
     parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES), help="parameter dtype (default fp32)")
-    parser.add_argument("--variant", choices=sorted(_VARIANTS), help="architecture preset for a .pth without config")
+    parser.add_argument("--preset", "--variant", dest="preset", choices=sorted(_VARIANTS),
+                        help="architecture preset for a .pth without config")
     parser.add_argument("--config", help="a diffusers VAE config.json describing the architecture")
     parser.add_argument("--force", action="store_true", help="overwrite --dst")
     args = parser.parse_args(argv)

@@ -117,7 +117,7 @@ def vae_config(c: Any) -> WanVAEConfig:
 
 
 def any4d_config(c: Any) -> Any4DConfig:
-    factory = Any4DConfig.full if c.any4d.preset == "full" else Any4DConfig.tiny
+    factory = getattr(Any4DConfig, c.any4d.preset)  # one of models.any4d.config.ANY4D_PRESETS (validated)
     return factory(dtype=_DTYPES[c.any4d.dtype], lora_rank=int(c.any4d.lora_rank),
                    lora_alpha=float(c.any4d.lora_alpha))
 

@@ -16,12 +16,15 @@ from typing import Any, Iterable
 import ml_collections
 from ml_collections import ConfigDict
 
-NOISE_RULES = ("flow_grpo_wan", "sd3", "constant")
-DIT_PRESETS = ("wan21_1_3b", "wan22_ti2v_5b", "wan21_14b", "tiny", "tiny22")
-VAE_PRESETS = ("wan21", "wan22", "tiny21", "tiny22")
+# Option lists live with the code that implements them; the config validates against those same tuples.
+from vggrpo_jax.models.any4d.config import ANY4D_PRESETS
+from vggrpo_jax.models.wan.config import ATTENTION_KINDS as ATTENTION
+from vggrpo_jax.models.wan.config import PRESETS as DIT_PRESETS
+from vggrpo_jax.models.wan.config import REMAT_POLICIES as REMAT
+from vggrpo_jax.models.wan.vae_config import VAE_PRESETS, check_num_frames
+from vggrpo_jax.rl.sde import NOISE_RULES
+
 DTYPES = ("float32", "bfloat16")
-REMAT = ("none", "full", "save_dots", "save_attention")
-ATTENTION = ("auto", "xla", "cudnn", "splash", "blocked")
 
 
 def base_config() -> ConfigDict:
@@ -144,7 +147,7 @@ def validate(c: ConfigDict) -> ConfigDict:
     _choice(c, "dit.attention", ATTENTION)
     _choice(c, "vae.preset", VAE_PRESETS)
     _choice(c, "text.dtype", DTYPES)
-    _choice(c, "any4d.preset", ("full", "tiny"))
+    _choice(c, "any4d.preset", ANY4D_PRESETS)
     _choice(c, "any4d.dtype", DTYPES)
     _choice(c, "prompts.split", ("all", "static", "dynamic"))
     _choice(c, "rl.noise_rule", NOISE_RULES)
@@ -158,8 +161,10 @@ def validate(c: ConfigDict) -> ConfigDict:
         _positive(c, key, allow_zero=True)
     if c.rl.group_size < 2:
         _fail("rl.group_size", c.rl.group_size, "GRPO needs at least 2 samples per prompt to form an advantage")
-    if (c.video.num_frames - 1) % 4:
-        _fail("video.num_frames", c.video.num_frames, "Wan needs 1 + 4k frames (e.g. 17, 33, 81)")
+    try:
+        check_num_frames(int(c.video.num_frames))
+    except ValueError as e:
+        _fail("video.num_frames", c.video.num_frames, str(e))
     if not 0.0 < c.rl.timestep_fraction <= 1.0:
         _fail("rl.timestep_fraction", c.rl.timestep_fraction, "must be in (0, 1]")
     if c.rl.sde_window_size > c.rl.num_steps:

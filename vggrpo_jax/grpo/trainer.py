@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vggrpo_jax import rl, training
 from vggrpo_jax.parallel import constrain, mesh_context
+from vggrpo_jax.models.wan.vae_config import check_num_frames
 from vggrpo_jax.policy import Policy
 from vggrpo_jax.rewards import RewardOptions, geometry_rewards, group_advantages
 
@@ -38,8 +39,10 @@ def latent_shape(config: Any, vae_config: Any, channels: int) -> tuple[int, int,
     s, ts = vae_config.spatial_stride, vae_config.temporal_stride
     if v.height % s or v.width % s:
         raise ValueError(f"video {v.height}×{v.width} is not a multiple of the VAE's spatial stride {s}")
-    if (v.num_frames - 1) % ts:
-        raise ValueError(f"video.num_frames={v.num_frames} must be 1 + {ts}·k")
+    try:
+        check_num_frames(int(v.num_frames), ts)
+    except ValueError as e:
+        raise ValueError(f"config.video.num_frames={v.num_frames}: {e}") from None
     return channels, 1 + (v.num_frames - 1) // ts, v.height // s, v.width // s
 
 

@@ -11,13 +11,12 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from vggrpo_jax.config import VAE_PRESETS, base_config
+from vggrpo_jax.config import ANY4D_PRESETS, VAE_PRESETS, base_config, check_num_frames
 from vggrpo_jax.lgm.align import FEATURE_CRITERIA, MODALITIES
 from vggrpo_jax.lgm.connector import ConnectorConfig
 from vggrpo_jax.lgm.correspondence import VIEW_FRAME_RULES
 from vggrpo_jax.training import OptimConfig
 
-ANY4D_PRESETS = ("full", "tiny")
 
 
 def _optim(**overrides: Any) -> ConfigDict:
@@ -119,8 +118,10 @@ def validate_lgm(c: ConfigDict) -> ConfigDict:
             _fail(key, v, "must be ≥ 1")
     if int(c.align.steps) < 0:
         _fail("align.steps", c.align.steps, "must be ≥ 0")
-    if (int(c.data.num_frames) - 1) % 4:
-        _fail("data.num_frames", c.data.num_frames, "the causal VAE needs 1 + 4k frames (17, 33, 81)")
+    try:
+        check_num_frames(int(c.data.num_frames))
+    except ValueError as e:
+        _fail("data.num_frames", c.data.num_frames, str(e))
     if int(c.data.shard_size) % int(c.data.batch_size):
         _fail("data.shard_size", c.data.shard_size, f"must be a multiple of data.batch_size ({c.data.batch_size})")
     if not 0.0 < float(c.data.heldout_fraction) < 1.0:
@@ -140,4 +141,4 @@ def validate_lgm(c: ConfigDict) -> ConfigDict:
     return c
 
 
-__all__ = ["ANY4D_PRESETS", "lgm_base_config", "validate_lgm"]
+__all__ = ["lgm_base_config", "validate_lgm"]

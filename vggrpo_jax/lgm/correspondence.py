@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vggrpo_jax.models.wan.vae_config import check_num_frames
+
 VIEW_FRAME_RULES = ("last", "first", "center")
 
 
@@ -42,11 +44,7 @@ def num_video_frames(num_latent_frames: int, temporal_stride: int = 4) -> int:
 
 def num_latent_frames(num_frames: int, temporal_stride: int = 4) -> int:
     """F' = 1 + (F − 1) // s; raises ValueError unless F = 1 + s·k (the only lengths the VAE encodes exactly)."""
-    if num_frames < 1 or (num_frames - 1) % temporal_stride:
-        raise ValueError(
-            f"a clip of {num_frames} frames does not fit the causal VAE: need 1 + {temporal_stride}·k frames "
-            f"(e.g. {1 + temporal_stride * 4}, {1 + temporal_stride * 8}, 81)"
-        )
+    check_num_frames(num_frames, temporal_stride)
     return 1 + (num_frames - 1) // temporal_stride
 
 

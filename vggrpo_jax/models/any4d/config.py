@@ -8,6 +8,9 @@ from typing import Any
 import jax.numpy as jnp
 
 
+ANY4D_PRESETS = ("full", "tiny")  # classmethods of Any4DConfig (getattr(Any4DConfig, name))
+
+
 @dataclasses.dataclass(frozen=True)
 class Any4DConfig:
     """Architecture and precision of Any4D (images-only inference path).

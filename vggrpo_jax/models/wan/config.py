@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import jax.numpy as jnp
 
 ATTENTION_KINDS = ("auto", "xla", "cudnn", "splash", "blocked")
+PRESETS = ("wan21_1_3b", "wan22_ti2v_5b", "wan21_14b", "tiny", "tiny22")  # WanConfig.preset(name)
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch", "save_attention", "save_qkv_attention")
 
 # q, k, v and output projections of self- and cross-attention (module paths like "blocks.attn1.to_q").
@@ -196,8 +197,6 @@ class WanConfig:
 
     @classmethod
     def preset(cls, name: str, **runtime: Any) -> "WanConfig":
-        presets = {"wan21_1_3b": cls.wan21_1_3b, "wan21_14b": cls.wan21_14b, "wan22_ti2v_5b": cls.wan22_ti2v_5b,
-                   "tiny": cls.tiny, "tiny22": cls.tiny22}
-        if name not in presets:
-            raise ValueError(f"unknown Wan preset {name!r}; known: {sorted(presets)}")
-        return presets[name](**runtime)
+        if name not in PRESETS:
+            raise ValueError(f"unknown Wan preset {name!r}; known: {sorted(PRESETS)}")
+        return getattr(cls, name)(**runtime)

@@ -39,6 +39,7 @@ WAN22_LATENTS_STD = (
 )  # fmt: skip
 
 # Keys of a diffusers config.json that carry no architecture information.
+VAE_PRESETS = ("wan21", "wan22", "tiny21", "tiny22")  # classmethods of WanVAEConfig (getattr(WanVAEConfig, name))
 _IGNORED_DIFFUSERS_KEYS = {"_class_name", "_diffusers_version", "_name_or_path", "clip_output", "dropout"}
 
 
@@ -204,9 +205,10 @@ class WanVAEConfig:
 
 
 def check_num_frames(num_frames: int, temporal_stride: int = 4) -> None:
+    """The one frame-count check: Wan's causal VAE encodes exactly F = 1 + stride·k frames (ValueError otherwise)."""
     if num_frames < 1 or (num_frames - 1) % temporal_stride:
         raise ValueError(
-            f"Wan VAE needs 1 + {temporal_stride}k frames (1, 5, 9, …, 81); got {num_frames} frames"
+            f"Wan needs 1 + {temporal_stride}k frames (the causal VAE: 1, 5, 9, …, 17, 33, 81); got {num_frames} frames"
         )
 
 
