@@ -70,7 +70,11 @@ def test_resume_repeats_the_uninterrupted_run_exactly(lgm_dir, tmp_path):
     from vggrpo_jax.training import read_metrics
     from vggrpo_jax.train import train
 
-    full = train(_config(lgm_dir, 4), str(tmp_path / "full"))
+    profiled = _config(lgm_dir, 4)
+    profiled.train.profile_steps = 1  # a trace of iteration 2 (the first compiles); changes no number
+    full = train(profiled, str(tmp_path / "full"))
+    traces = [n for _, _, names in os.walk(tmp_path / "full" / "profile") for n in names]
+    assert any(n.endswith(".xplane.pb") for n in traces), traces
     train(_config(lgm_dir, 2), str(tmp_path / "resumed"))  # "preempted" after iteration 2 (checkpointed)
     rest = train(_config(lgm_dir, 4), str(tmp_path / "resumed"))
     assert [m["step"] for m in rest] == [3, 4]
@@ -79,6 +83,11 @@ def test_resume_repeats_the_uninterrupted_run_exactly(lgm_dir, tmp_path):
             assert a[key] == b[key] or (np.isnan(a[key]) and np.isnan(b[key])), (key, a[key], b[key])
     rows = read_metrics(str(tmp_path / "resumed"))
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:  # step time, throughput and the seconds of each stage, logged with every iteration
+        for key in ("step", "samples_per_second", "rollout", "rewards", "update"):
+            name = f"perf/{key}" if key == "samples_per_second" else f"perf/{key}_seconds"
+            assert r[name] > 0, (name, r)
+        assert r["perf/step_seconds"] >= r["perf/rollout_seconds"] + r["perf/update_seconds"]
 
     # First iteration: one update per rollout batch, so the policy that sampled is the one trained: ratio 1 (up to
     # the last ulp: rollout and update are separate XLA programs) and nothing clipped; with LoRA B = 0 the policy is

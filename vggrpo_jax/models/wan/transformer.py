@@ -134,6 +134,7 @@ class WanBlock(nnx.Module):
         table = jax.random.normal(rngs.params(), (1, 6, d), jnp.float32) / math.sqrt(d)
         self.scale_shift_table = nnx.Param(table.astype(cfg.param_dtype), out_sharding=(None, None, "norm"))
 
+    @jax.named_scope("wan_block")
     def __call__(self, x: jax.Array, context: jax.Array, temb6: jax.Array, rope) -> jax.Array:
         """x (B, L, dim) fp32; context (B, Lk, dim); temb6 (B, 6, dim) or (B, L, 6, dim) fp32; rope (cos, sin)."""
         table = self.scale_shift_table[...].astype(jnp.float32)
@@ -144,15 +145,19 @@ class WanBlock(nnx.Module):
             mod = jnp.moveaxis(mod, 1, 2)  # (B, 1, 6, dim)
         shift, scale, gate, c_shift, c_scale, c_gate = (mod[:, :, i] for i in range(6))
 
+        # Named scopes label the ops in profiler traces (wan_block/self_attention/...), nothing else.
         x = constrain(x, ACT)
-        h = (_layer_norm(x, self.eps) * (1.0 + scale) + shift).astype(self.dtype)
-        x = x + self.attn1(h, None, rope).astype(jnp.float32) * gate
+        with jax.named_scope("self_attention"):
+            h = (_layer_norm(x, self.eps) * (1.0 + scale) + shift).astype(self.dtype)
+            x = x + self.attn1(h, None, rope).astype(jnp.float32) * gate
 
-        h = self.norm2(x) if self.norm2 is not None else x
-        x = x + self.attn2(h.astype(self.dtype), context).astype(jnp.float32)
+        with jax.named_scope("cross_attention"):
+            h = self.norm2(x) if self.norm2 is not None else x
+            x = x + self.attn2(h.astype(self.dtype), context).astype(jnp.float32)
 
-        h = (_layer_norm(x, self.eps) * (1.0 + c_scale) + c_shift).astype(self.dtype)
-        x = x + self.ffn(h).astype(jnp.float32) * c_gate
+        with jax.named_scope("ffn"):
+            h = (_layer_norm(x, self.eps) * (1.0 + c_scale) + c_shift).astype(self.dtype)
+            x = x + self.ffn(h).astype(jnp.float32) * c_gate
         return constrain(x, ACT)
 
 
