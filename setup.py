@@ -26,6 +26,7 @@ INSTALL = [
     "matplotlib",
     "tqdm",
     "tensorboardX",
+    "opencv-python-headless>=4.5",  # evaluation: SIFT, RANSAC fundamental matrices, Farnebäck flow
 ]
 
 EXTRAS = {
