@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from ml_collections import ConfigDict
 
-from vggrpo_jax import build
+from vggrpo_jax import backbones as build
 from vggrpo_jax.data.toyworld import caption_split, make_prompts, render_clip
-from vggrpo_jax.evaluate import sample_records
+from vggrpo_jax.grpo.evaluator import sample_records
 from vggrpo_jax.evaluation import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
