@@ -76,3 +76,15 @@ def test_option_lists_are_the_implementations_own():
     c = base_config()
     c.dit.remat_policy = "save_qkv_attention"
     validate(c)
+
+
+def test_paths_in_config_files_resolve_relative_to_the_file(tmp_path, monkeypatch):
+    """The README command works from any directory: configs/toy.py names lgm_toy.py next to itself."""
+    import os
+
+    from vggrpo_jax.backbones import load_config_file
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.chdir(tmp_path)
+    c = load_config_file(os.path.join(root, "configs", "toy.py"))
+    assert os.path.isabs(c.lgm.build_config) and os.path.isfile(c.lgm.build_config)
