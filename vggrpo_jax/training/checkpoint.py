@@ -188,6 +188,9 @@ class Checkpointer:
 
     def _restore_step(self, like: Any, step: int, shardings: Any, data: Any) -> tuple[int, Any, dict]:
         where = os.path.join(self.directory, str(step))
+        if not os.path.isdir(os.path.join(where, "layout")):
+            raise LayoutMismatchError(f"{where}: no 'layout' item: not a training.Checkpointer checkpoint (written by "
+                                      "another tool or an older version of this code)")
         head = self._manager.restore(
             step, args=ocp.args.Composite(layout=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore())
         )
