@@ -106,9 +106,13 @@ def jit_module(module: nnx.Module) -> Callable[[jax.Array], Any]:
     return lambda x: _call_module(graphdef, state, x)
 
 
-def make_reward_fn(options: RewardOptions | None = None) -> Callable[[SceneGeometry], dict[str, jax.Array]]:
-    """SceneGeometry (B, ...) → {"motion": (B,), "geo": (B,)}, jitted: rewards.geometry_rewards with `options`."""
-    options = options or RewardOptions()
+def make_reward_fn(
+    options: RewardOptions | Mapping[str, Any] | None = None,
+) -> Callable[[SceneGeometry], dict[str, jax.Array]]:
+    """SceneGeometry (B, ...) → {"motion": (B,), "geo": (B,)}, jitted: rewards.geometry_rewards with `options` (a
+    RewardOptions, or a mapping of its fields such as the LGM config's eval.reward block)."""
+    if options is None or isinstance(options, Mapping):
+        options = RewardOptions.from_config(options or {}, where="eval.reward")
 
     @jax.jit
     def rewards(g):
