@@ -30,8 +30,9 @@ from tqdm import tqdm
 
 from vggrpo_jax import build, parallel
 from vggrpo_jax.checkpoint import TrainCheckpointer
-from vggrpo_jax.config import define_flags, validate
+from vggrpo_jax.config import define_flags, validate, validate_topology
 from vggrpo_jax.data.pipeline import PromptBatches
+from vggrpo_jax.errors import PathNotFoundError
 from vggrpo_jax.evaluate import Evaluator
 from vggrpo_jax.metrics import MetricWriter
 from vggrpo_jax.trainer import GRPOTrainer, latent_shape
@@ -72,13 +73,7 @@ class Run:
         parallel.initialize_distributed(config.distributed)
         self.mesh = parallel.make_mesh(config.mesh)
         c = config
-        batch, shards = int(c.rl.prompts_per_batch) * int(c.rl.group_size), self._batch_shards()
-        micro = int(c.rl.micro_batch_size) or batch
-        if micro % shards:
-            raise ValueError(
-                f"rl.prompts_per_batch × rl.group_size = {batch} samples (micro-batches of {micro}) do not split over "
-                f"the {shards} batch shards (data × fsdp) of mesh {dict(self.mesh.shape)}: change the batch or the mesh"
-            )
+        validate_topology(c, dict(self.mesh.shape), jax.process_count())
 
         self.prompts = build.load_prompts(c)
         self.eval_prompts = build.load_prompts(c, eval_split=True)[: int(c.eval.num_prompts)]
@@ -204,7 +199,7 @@ def evaluate_latest(config: Any, workdir: str) -> dict[str, float]:
     config = validate(config)
     run = Run(config, workdir)
     if not run.restore():
-        raise FileNotFoundError(f"no checkpoint to evaluate in {workdir}/checkpoints")
+        raise PathNotFoundError(f"no checkpoint to evaluate in {workdir}/checkpoints")
     if run.evaluator is None:
         run.evaluator = run._make_evaluator()
     metrics = run.evaluate()
@@ -223,4 +218,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from vggrpo_jax import cli  # noqa: PLC0415
+
+    cli.run_absl(main)

@@ -166,3 +166,17 @@ def abstract_placed(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
         return variable.replace(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding))
 
     return jax.tree.map(one, state, shardings, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+def to_host(tree: Any) -> Any:
+    """numpy copies of a pytree of arrays; an array sharded over several hosts is first gathered from all of them
+    (jax.device_get alone fails on an array that is not fully addressable). Collective: call it on every host."""
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(get, tree)
