@@ -329,6 +329,7 @@ JOB_CASES = [
     ("train", "nope.py", [], r"--config: cannot load the config file: .*No such file or directory: .*nope\.py"),
     ("train", "toy.py", ["--config.lgm.checkpoint=/nonexistent"], r"config\.lgm\.checkpoint='/nonexistent': no such"),
     ("evaluate", "toy.py", ["--config.optim.lr=inf"], r"^error: config\.optim\.lr=inf: must be a finite number$"),
+    ("evaluate", "toy.py", [], r"^error: no checkpoint to evaluate in .*/w/checkpoints$"),
     ("train_lgm", "lgm_toy.py", ["--config.data.num_frames=5"], r"config\.data\.num_frames=5: gives 2 latent frames"),
 ]
 

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -45,15 +46,28 @@ def _workers(num_processes: int, **spec) -> None:
 
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     port = _free_port()
-    procs = [
-        subprocess.Popen([sys.executable, WORKER, json.dumps({**spec, "port": port, "process_id": i,
-                                                              "num_processes": num_processes})],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        for i in range(num_processes)
-    ]
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-4000:]
+    logs = [os.path.join(spec["out"], f"log_{i}.txt") for i in range(num_processes)]
+    os.makedirs(spec["out"], exist_ok=True)
+    procs = []
+    for i in range(num_processes):
+        with open(logs[i], "w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, WORKER, json.dumps({**spec, "port": port, "process_id": i,
+                                                     "num_processes": num_processes})],
+                stdout=log, stderr=subprocess.STDOUT, text=True, env=env))
+    deadline = time.monotonic() + 1500
+    while any(p.poll() is None for p in procs):  # one process failing leaves the others waiting at a collective
+        if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            break
+        time.sleep(1.0)
+    for p in procs:
+        p.wait()
+    for i, p in enumerate(procs):
+        with open(logs[i]) as fh:
+            assert p.returncode == 0, f"process {i} of {num_processes}:\n" + fh.read()[-5000:]
 
 
 @pytest.mark.slow

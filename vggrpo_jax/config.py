@@ -109,7 +109,10 @@ def base_config() -> ConfigDict:
     )
     c.optim = ConfigDict(dict(lr=1e-4, b1=0.9, b2=0.999, weight_decay=1e-4, eps=1e-8, grad_clip=1.0, warmup_steps=0))
     c.ema = ConfigDict(dict(decay=0.9, every=8))
-    c.train = ConfigDict(dict(num_iterations=1000, log_every=1, checkpoint_every=10, keep_checkpoints=3))
+    # max_consecutive_skips: stop with an error after this many updates in a row were skipped for non-finite values
+    # (0 = never stop).
+    c.train = ConfigDict(dict(num_iterations=1000, log_every=1, checkpoint_every=10, keep_checkpoints=3,
+                              max_consecutive_skips=10))
     c.eval = ConfigDict(dict(every=50, num_prompts=8, num_steps=50, write_videos=True, rgb_rewards=True))
     return c
 
@@ -175,7 +178,7 @@ def validate(c: ConfigDict) -> ConfigDict:
         _positive(c, key)
     for key in ("rl.beta", "rl.micro_batch_size", "rl.sde_window_size", "lora.rank", "optim.weight_decay",
                 "optim.grad_clip", "optim.warmup_steps", "rewards.flow_threshold", "rewards.render_stride",
-                "eval.every", "eval.num_prompts", "train.checkpoint_every"):
+                "eval.every", "eval.num_prompts", "train.checkpoint_every", "train.max_consecutive_skips"):
         _positive(c, key, allow_zero=True)
     if c.rl.group_size < 2:
         _fail("rl.group_size", c.rl.group_size, "GRPO needs at least 2 samples per prompt to form an advantage")

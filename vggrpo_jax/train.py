@@ -36,6 +36,7 @@ from vggrpo_jax.errors import PathNotFoundError
 from vggrpo_jax.evaluate import Evaluator
 from vggrpo_jax.metrics import MetricWriter
 from vggrpo_jax.trainer import GRPOTrainer, latent_shape
+from vggrpo_jax.training.guard import SkipGuard
 
 FLAGS_CONFIG, FLAGS_WORKDIR = define_flags()  # also used by `python -m vggrpo_jax.evaluate`
 
@@ -172,6 +173,7 @@ def train(config: Any, workdir: str) -> list[dict[str, float]]:
     history = []
     trainable, frozen = run.policy.num_params()
     _log(f"policy: {trainable:,} trainable LoRA parameters, {frozen:,} frozen")
+    guard = SkipGuard(int(config.train.max_consecutive_skips))
     bar = tqdm(total=total, initial=run.iteration, desc="GRPO", disable=jax.process_index() != 0, dynamic_ncols=True)
     try:
         while run.iteration < total:
@@ -181,6 +183,7 @@ def train(config: Any, workdir: str) -> list[dict[str, float]]:
                 metrics.update(run.evaluate())
             if int(config.train.log_every) and (it % int(config.train.log_every) == 0 or it == total):
                 writer.write(it, metrics)
+            guard.update(it, metrics)  # the state of a skipped update is the previous, finite one
             if (int(config.train.checkpoint_every) and it % int(config.train.checkpoint_every) == 0) or it == total:
                 run.save()
             history.append({"step": it, **metrics})
@@ -197,6 +200,9 @@ def train(config: Any, workdir: str) -> list[dict[str, float]]:
 def evaluate_latest(config: Any, workdir: str) -> dict[str, float]:
     """Evaluates the newest checkpoint of `workdir` (EMA adapters) and writes eval metrics and samples."""
     config = validate(config)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not (os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))):  # before building anything
+        raise PathNotFoundError(f"no checkpoint to evaluate in {ckpt_dir}")
     run = Run(config, workdir)
     if not run.restore():
         raise PathNotFoundError(f"no checkpoint to evaluate in {workdir}/checkpoints")

@@ -33,6 +33,10 @@ from vggrpo_jax.data.pipeline import PromptBatches  # noqa: E402
 from vggrpo_jax.train import Run, _flatten  # noqa: E402
 
 
+def _say(what: str) -> None:
+    print(f"[worker {SPEC['process_id']}/{SPEC['num_processes']}] {what}", flush=True)
+
+
 def _gathered(state) -> dict:
     flat = _flatten(state)
     return {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in flat.items()}
@@ -47,6 +51,7 @@ def main() -> None:
         c.distributed.num_processes, c.distributed.process_id = nproc, pid
     os.makedirs(SPEC["workdir"], exist_ok=True)
     run = Run(c, SPEC["workdir"])
+    _say("built the run")
     assert jax.process_count() == nproc and jax.device_count() == 8, (jax.process_count(), jax.device_count())
     out = SPEC["out"]
     os.makedirs(out, exist_ok=True)
@@ -60,6 +65,7 @@ def main() -> None:
     for _ in range(int(SPEC["steps"])):
         history.append(run.step())
         run.save()
+        _say(f"iteration {run.iteration} done and saved")
     run.checkpoints.wait()
     if int(SPEC["steps"]):
         state = _gathered(run.state)
@@ -71,10 +77,12 @@ def main() -> None:
         run.checkpoints.close()
         run.checkpoints = TrainCheckpointer(os.path.join(SPEC["restore_from"], "checkpoints"))
         assert run.restore()
+        _say(f"restored {SPEC['restore_from']} at iteration {run.iteration}")
         restored = _gathered(run.state)
         if pid == 0:
             np.savez(os.path.join(out, "restored.npz"), **restored, __iteration__=np.asarray(run.iteration))
     run.checkpoints.close()
+    _say("closed")
     if nproc > 1:
         jax.distributed.shutdown()
 
