@@ -25,7 +25,7 @@ from vggrpo_jax.rl.reward_guidance import (
     reward_guided_ode_sample,
     schedule_weight,
 )
-from vggrpo_jax.rl.schedule import timesteps, wan_sigmas
+from vggrpo_jax.rl.schedule import timesteps, wan_sigmas, wan_timesteps
 from vggrpo_jax.rl.sde import (
     NOISE_RULES,
     NoiseRule,
@@ -52,7 +52,7 @@ __all__ = [
     "GrpoConfig", "PolicyFn", "grpo_loss", "step_loss",
     "Trajectory", "VelocityFn", "branch_rollout", "guided_velocity", "make_rollout_fn", "num_train_steps", "ode_sample", "rollout",
     "SCHEDULES", "GuidanceOptions", "GuidanceTrace", "parse_steps", "reward_guided_ode_sample", "schedule_weight",
-    "timesteps", "wan_sigmas",
+    "timesteps", "wan_sigmas", "wan_timesteps",
     "NOISE_RULES", "NoiseRule", "gaussian_kl_same_std", "log_prob", "make_noise_rule", "noise_level", "ode_step",
     "sde_step", "sde_step_mean_std",
     "batch_leading_sharding", "replicated_sharding", "trajectory_sharding",
