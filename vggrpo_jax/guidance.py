@@ -79,7 +79,7 @@ class GuidedSampler:
         self.lgm_graphdef, self.lgm_state = lgm_graphdef, lgm_state
         self.num_steps = int(num_steps)
         self.spec = guidance_spec(config, self.num_steps) if spec is None else spec
-        self.sigmas = np.asarray(rl.wan_sigmas(self.num_steps, float(config.rl.shift)))
+        self.sigmas = rl.wan_sigmas(self.num_steps, float(config.rl.shift), np.float64)  # as the trainer samples
         self._sample = jax.jit(self._impl)
 
     def _impl(self, lora, frozen, lgm_state, cond, uncond, x_init, scale):
