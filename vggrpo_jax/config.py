@@ -236,8 +236,8 @@ def validate_guidance(c: ConfigDict, num_steps: int | None = None) -> ConfigDict
         _fail("guidance.steps", g.steps, "must be a string: 'all', '0,5,10' or 'start:stop[:step]'")
     try:
         parse_steps(g.steps, num_steps)  # the syntax; with num_steps also the range
-    except ValueError as err:
-        _fail("guidance.steps", g.steps, str(err))
+    except ValueError as err:  # its message names the key
+        raise ConfigError(str(err)) from None
     return c
 
 
