@@ -28,6 +28,7 @@ from absl import logging
 
 from vggrpo_jax.data import toyworld_tfds as T
 from vggrpo_jax.data.toyworld import ToyworldConfig, render_clip
+from vggrpo_jax.data.toyworld_clips import load_split
 
 _FIELDS = ("video", "depth", "object_id", "object_vel", "c2w", "intrinsics", "seed", "jitter", "is_dynamic")
 
@@ -120,46 +121,6 @@ def build_cache(clips: Sequence[dict], image_hw: Sequence[int]) -> GeometryCache
     return GeometryCache(**{k: np.stack([np.asarray(v) for v in rows[k]]) for k in _FIELDS})
 
 
-class RenderedSplit:
-    """The toyworld dataset's records rendered on demand: item i is `decode(render_record(seed_i))` for the i-th seed
-    of the split — the function the tfds builder stores, so the clips are the dataset's, bit for bit."""
-
-    def __init__(self, split: str, num_clips: int, base: ToyworldConfig, num_train: int = 2048,
-                 num_heldout: int = 256):
-        self.seeds = list(T.split_seeds(split, num_train, num_heldout))[:num_clips]
-        if len(self.seeds) < num_clips:
-            raise ValueError(f"geometry data: {num_clips} clips requested from the {split!r} split of "
-                             f"{len(self.seeds)} seeds")
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.seeds)
-
-    def __getitem__(self, i: int) -> dict:
-        return T.decode(T.render_record(self.seeds[i], self.base))
-
-
-def load_split(split: str, num_clips: int, *, source: str = "tfds", data_dir: str | None = None,
-               data_config: str = "zoo"):
-    """The clips of the first `num_clips` seeds of the toyworld `split` (seed order), from the tfds dataset
-    (`source="tfds"`) or rendered on demand with the dataset's own record function (`source="render"`)."""
-    from vggrpo_jax.zoo import VIDEO  # noqa: PLC0415
-
-    if source == "render":
-        if data_config != "zoo":
-            raise ValueError(f"data.source='render' renders the zoo's clips; data.data_config={data_config!r}")
-        f, h, w = VIDEO
-        return RenderedSplit(split, num_clips, ToyworldConfig(num_frames=f, height=h, width=w))
-    if source != "tfds":
-        raise ValueError(f"data.source must be 'tfds' or 'render', got {source!r}")
-    ds = T.load(split, data_dir=data_dir, config=data_config)
-    if num_clips > len(ds):
-        raise ValueError(f"geometry data: {num_clips} clips requested from toyworld/{data_config} {split!r}, which "
-                         f"has {len(ds)}")
-    by_seed = sorted(range(len(ds)), key=lambda i: int(ds[i]["seed"]))[:num_clips]
-    return [ds[i] for i in by_seed]
-
-
 def cached(path: str, split: str, num_clips: int, image_hw: Sequence[int], **kwargs) -> GeometryCache:
     """`build_cache` of `load_split` once, then the .npz at `path` (rebuilt if its size or resolution differ)."""
     if os.path.exists(path):
@@ -201,4 +162,4 @@ def sample_views(cache: GeometryCache, seed: int, step: int, batch_size: int, nu
     return gather(cache, clips, frames)
 
 
-__all__ = ["GeometryCache", "build_cache", "cached", "load_split", "gather", "resize_video", "sample_views"]
+__all__ = ["GeometryCache", "build_cache", "cached", "gather", "resize_video", "sample_views"]
