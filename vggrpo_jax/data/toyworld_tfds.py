@@ -142,10 +142,13 @@ class ToyworldBuilderConfig(tfds.core.BuilderConfig):
     num_train: int = 2048
     num_heldout: int = 256
     num_objects: int = 3
+    # 1-unit checkers (≈ 5–11 px near the camera at 64 × 64): the toyworld default 0.5 aliases into 1–2 px stripes
+    # at the far end of the floor, detail an 8×-downsampling toy VAE cannot carry (see configs/lgm_toy.py).
+    checker_size: float = 1.0
 
     def toyworld_config(self) -> ToyworldConfig:
         return ToyworldConfig(num_frames=self.num_frames, height=self.height, width=self.width,
-                              num_objects=self.num_objects)
+                              num_objects=self.num_objects, checker_size=self.checker_size)
 
 
 def _zoo_config() -> ToyworldBuilderConfig:
