@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from vggrpo_jax.data import toyworld_tfds as T
-from vggrpo_jax.data.toyworld import ToyworldConfig
 
 SOURCES = ("tfds", "render")
 
@@ -18,13 +17,13 @@ SOURCES = ("tfds", "render")
 class RenderedSplit:
     """Item i is `decode(render_record(seed_i))` for the i-th seed of the split: the dataset's clip, bit for bit."""
 
-    def __init__(self, split: str, num_clips: int, base: ToyworldConfig, num_train: int = 2048,
-                 num_heldout: int = 256):
-        self.seeds = list(T.split_seeds(split, num_train, num_heldout))[:num_clips]
+    def __init__(self, split: str, num_clips: int, config: Any):
+        """config: a toyworld builder config (`builder_config`): split sizes and scene settings."""
+        self.seeds = list(T.split_seeds(split, config.num_train, config.num_heldout))[:num_clips]
         if len(self.seeds) < num_clips:
             raise ValueError(f"toyworld: {num_clips} clips requested from the {split!r} split of {len(self.seeds)} "
                              f"seeds")
-        self.base = base
+        self.base = config.toyworld_config()
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -46,7 +45,7 @@ def load_split(split: str, num_clips: int, *, source: str = "tfds", data_dir: st
     """The decoded clips of the first `num_clips` seeds of toyworld `split`, from the tfds dataset (`source="tfds"`)
     or rendered on demand (`source="render"`, with the builder config's scene settings). A sequence: len(), [i]."""
     if source == "render":
-        return RenderedSplit(split, num_clips, builder_config(data_config).toyworld_config())
+        return RenderedSplit(split, num_clips, builder_config(data_config))
     if source != "tfds":
         raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
     ds = T.load(split, data_dir=data_dir, config=data_config)

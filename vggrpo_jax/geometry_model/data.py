@@ -28,7 +28,7 @@ from absl import logging
 
 from vggrpo_jax.data import toyworld_tfds as T
 from vggrpo_jax.data.toyworld import ToyworldConfig, render_clip
-from vggrpo_jax.data.toyworld_clips import load_split
+from vggrpo_jax.data.toyworld_clips import builder_config, load_split
 
 _FIELDS = ("video", "depth", "object_id", "object_vel", "c2w", "intrinsics", "seed", "jitter", "is_dynamic")
 
@@ -92,10 +92,12 @@ def _resize_impl(video: jax.Array, hw: tuple[int, int]) -> jax.Array:
 _resize = jax.jit(_resize_impl, static_argnums=1)
 
 
-def build_cache(clips: Sequence[dict], image_hw: Sequence[int]) -> GeometryCache:
+def build_cache(clips: Sequence[dict], image_hw: Sequence[int], data_config: str = "zoo") -> GeometryCache:
     """A cache of decoded toyworld clips (a `toyworld_tfds.load` split, or any sequence of `toyworld_tfds.decode`d
     records): frames resized to `image_hw`, ground truth re-rendered at `image_hw` from each clip's seed and spec.
-    Raises if a re-rendered camera differs from the stored one."""
+    `data_config` names the toyworld builder config the clips come from (its scene settings). Raises if a
+    re-rendered camera differs from the stored one."""
+    base = builder_config(data_config).toyworld_config()
     num_clips = len(clips)
     h, w = (int(x) for x in image_hw)
     rows = {k: [] for k in _FIELDS}
@@ -103,7 +105,7 @@ def build_cache(clips: Sequence[dict], image_hw: Sequence[int]) -> GeometryCache
         clip = clips[i]
         f = clip["video"].shape[0]
         spec = T.clip_spec(clip["seed"])
-        gt = render_clip(clip["seed"], config=spec.config(ToyworldConfig(num_frames=f, height=h, width=w)))
+        gt = render_clip(clip["seed"], config=spec.config(dataclasses.replace(base, num_frames=f, height=h, width=w)))
         if not np.allclose(gt["c2w"], clip["c2w"], atol=1e-4):
             raise ValueError(f"toyworld seed {clip['seed']}: re-rendered cameras differ from the stored ones "
                              f"(dataset built by another toyworld version?)")
@@ -129,7 +131,7 @@ def cached(path: str, split: str, num_clips: int, image_hw: Sequence[int], **kwa
             return cache
         logging.warning("%s holds %d clips at %s, want %d at %s: rebuilding", path, len(cache),
                         cache.video.shape[2:4], num_clips, tuple(image_hw))
-    cache = build_cache(load_split(split, num_clips, **kwargs), image_hw)
+    cache = build_cache(load_split(split, num_clips, **kwargs), image_hw, kwargs.get("data_config", "zoo"))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     cache.save(path)
     return cache
