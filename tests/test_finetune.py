@@ -81,11 +81,13 @@ def _config(num_steps: int, lr: float = 3e-3):
 
 
 def _write_latents(c, workdir: str) -> None:
-    """Latent caches the job reads instead of encoding: per clip a smooth random pattern (a learnable data set)."""
+    """Latent caches the job reads instead of encoding: per clip one level per channel (std 1.5) plus a little
+    texture — a data set a tiny DiT can fit in tens of steps."""
     root = os.path.join(workdir, "latents")
     os.makedirs(root, exist_ok=True)
     rng = np.random.default_rng(0)
-    base = rng.standard_normal((8,) + LATENT).astype(np.float32)
+    base = 1.5 * rng.standard_normal((8, LATENT[0], 1, 1, 1)) + 0.1 * rng.standard_normal((8,) + LATENT)
+    base = np.ascontiguousarray(base, dtype=np.float32)
     captions = make_prompts(8, seed=0)
     for split, n in (("train", int(c.data.num_train)), ("heldout", int(c.data.num_heldout))):
         # held-out = the same 8 clips: the overfit case measures fitting, the loss the job reports is on them
@@ -113,17 +115,18 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
 
 def test_loss_falls_on_a_tiny_overfit_case(tmp_path):
     workdir = str(tmp_path / "fit")
-    c = _config(80)
+    c = _config(80, lr=1e-2)
     _write_latents(c, workdir)
     out = run(c, workdir)
-    # An unlearning model cannot beat predicting v = 0 well: E‖ε − x0‖² = 1 + E x0² ≈ 2 on these latents; the
-    # randomly initialised DiT starts near it. After 80 steps on 8 clips the held-out (= training) loss is far below.
+    # A model that ignores its inputs (x_σ, t, text) predicts at best a constant velocity; the best constant,
+    # E[ε − x0], leaves 1 + Var(x0) (≈ 2.5 here). The randomly initialised DiT starts above it; after 80 steps the
+    # held-out loss (on these same 8 clips) is below half of it (measured 0.79 vs 2.48).
     base = np.load(os.path.join(workdir, "latents", "heldout.npy"))
-    zero_predictor = 1.0 + float(np.mean(base ** 2))
+    best_constant = 1.0 + float(np.mean(np.var(base, axis=0)))
     rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
     first = [r["loss"] for r in rows if "loss" in r][:3]
-    assert np.mean(first) > 0.8 * zero_predictor
-    assert out["heldout_fm_loss"] < 0.6 * zero_predictor, (out["heldout_fm_loss"], zero_predictor)
+    assert np.mean(first) > 0.9 * best_constant
+    assert out["heldout_fm_loss"] < 0.5 * best_constant, (out["heldout_fm_loss"], best_constant)
 
 
 def test_config_errors_name_the_key():

@@ -112,3 +112,27 @@ def test_prediction_geometry_drops_the_ambiguous_pixels(targets):
     assert np.all(np.asarray(g_all.depth) > 0)
     t = target_geometry(targets).validate()
     assert t.depth.shape == targets.depth.shape
+
+
+def test_export_round_trip_and_sha_check(tmp_path):
+    from vggrpo_jax.geometry_model.export import load_model, save_model
+    from vggrpo_jax.lgm.host_init import random_any4d
+    from vggrpo_jax.models.any4d import Any4DConfig
+
+    fields = dict(encoder_dim=24, encoder_depth=1, encoder_heads=2, pos_grid=2, trunk_dim=16, trunk_depth=2,
+                  trunk_heads=2, tap_layers=(0, 1), dpt_feature_dim=8, dpt_layer_dims=(4, 8, 8, 8), pose_head_dim=8,
+                  scale_hidden_dim=8)
+    model = random_any4d(Any4DConfig(**fields), 3)
+    d = str(tmp_path / "geo")
+    manifest = save_model(d, model, fields, {"steps": 0})
+    assert manifest["bytes"] > 0 and len(manifest["sha256"]) == 64
+    back = load_model(d)
+    x = jax.random.uniform(jax.random.key(0), (1, 2, 3, 28, 28))
+    np.testing.assert_array_equal(np.asarray(model(x).depth_z), np.asarray(back(x).depth_z))
+    with open(f"{d}/model.safetensors", "r+b") as f:  # one flipped byte in the payload
+        f.seek(-3, 2)
+        b = f.read(1)
+        f.seek(-3, 2)
+        f.write(bytes([b[0] ^ 1]))
+    with pytest.raises(ValueError, match="sha256"):
+        load_model(d)

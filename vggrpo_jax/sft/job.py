@@ -35,6 +35,7 @@ from vggrpo_jax.models.wan.transformer import WanTransformer
 from vggrpo_jax.policy import wan_config_from
 from vggrpo_jax.sft.data import (CaptionEmbeddings, LatentSet, cached_latents, listed_clips, read_video_list,
                                  toyworld_clips)
+from vggrpo_jax.sft.export import save_dit
 from vggrpo_jax.sft.flow_matching import FlowMatchingConfig, flow_matching_loss, noisy_latents, sample_sigmas
 
 MODES = ("full", "lora")
@@ -117,12 +118,12 @@ def _captions(c: Any, workdir: str, mesh: Any, captions: list[str]) -> CaptionEm
 
 
 # ------------------------------------------------------------------------------------------------ model
-def _model(c: Any, mesh: Any, text_dim: int, channels: int) -> tuple[Any, nnx.State, nnx.State]:
-    """(graphdef, trainable, frozen), placed on the mesh by their logical axes."""
+def _model(c: Any, mesh: Any, text_dim: int, channels: int) -> tuple[Any, nnx.State, nnx.State, Any]:
+    """(graphdef, trainable, frozen, WanConfig), placed on the mesh by their logical axes."""
     arch = dict(c.dit.arch) if "arch" in c.dit else {}
     if c.finetune.mode == "lora":
         policy = build.build_policy(c, mesh, text_dim, channels)
-        return policy.graphdef, policy.lora, policy.frozen
+        return policy.graphdef, policy.lora, policy.frozen, policy.config
     if c.dit.checkpoint:
         wcfg = wan_config_from(c, **arch)
     else:
@@ -138,7 +139,7 @@ def _model(c: Any, mesh: Any, text_dim: int, channels: int) -> tuple[Any, nnx.St
     else:
         seed = int(c.seed) + 3
         params = jax.jit(lambda: nnx.state(WanTransformer(wcfg, nnx.Rngs(seed)), nnx.Param), out_shardings=shard)()
-    return graphdef, params, frozen
+    return graphdef, params, frozen, wcfg
 
 
 # ------------------------------------------------------------------------------------------------ job
@@ -153,7 +154,7 @@ def run(c: Any, workdir: str) -> dict:
     text = _captions(c, workdir, mesh, train_set.captions + held_set.captions + [""])
     x_shape = tuple(train_set.latents.shape[1:])
     text_dim = int(text.batch([""]).shape[-1])
-    graphdef, params, frozen = _model(c, mesh, text_dim, x_shape[0])
+    graphdef, params, frozen, wcfg = _model(c, mesh, text_dim, x_shape[0])
     n_train = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     logging.info("finetune (%s): %.3f M trainable parameters; %d train / %d held-out clips, latents %s",
                  c.finetune.mode, n_train / 1e6, len(train_set), len(held_set), x_shape)
@@ -234,6 +235,11 @@ def run(c: Any, workdir: str) -> dict:
     with open(os.path.join(workdir, "heldout.json"), "w") as f:
         json.dump(summary, f, indent=1)
     logging.info("held-out flow-matching loss after %d steps: %.5f", total, final["heldout/fm_loss"])
+    if c.finetune.mode == "full":
+        save_dit(os.path.join(workdir, "export"), jax.device_get(state["params"]), wcfg, {
+            "config": json.loads(c.to_json_best_effort()), "steps": total, "heldout": summary,
+            "data": {"source": c.data.source, "train": train_set.ids[:1] + train_set.ids[-1:],
+                     "num_train": len(train_set), "num_heldout": len(held_set)}})
     return {"state": state, "graphdef": graphdef, "frozen": frozen, **summary}
 
 
