@@ -13,6 +13,10 @@ INSTALL = [
     "ml_collections>=1.1",
     "absl-py",
     "grain>=0.2.18,<0.3",
+    # The toyworld dataset builder/reader (builds and reads ArrayRecord without TensorFlow); tfds's path utilities
+    # need importlib_resources, which it does not declare.
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "importlib_resources",
     "numpy",
     "safetensors",
     "sentencepiece",
@@ -22,6 +26,7 @@ INSTALL = [
     "matplotlib",
     "tqdm",
     "tensorboardX",
+    "opencv-python-headless>=4.5",  # evaluation: SIFT, RANSAC fundamental matrices, Farnebäck flow
 ]
 
 EXTRAS = {

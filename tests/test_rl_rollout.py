@@ -235,3 +235,12 @@ def test_branch_rollout_shares_the_ode_path_then_branches():
     with pytest.raises(ValueError, match="branch_step"):
         branch_rollout(velocity_fn, x_init, SIGMAS, jax.random.PRNGKey(2), group_size=k, branch_step=5, sde_steps=2,
                        noise_rule=rule, cond=cond_p, uncond=uncond)
+
+
+def test_num_train_steps_is_flow_grpos_int_of_the_product():
+    # Flow-GRPO: int(num_steps * timestep_fraction), the float64 product truncated (50 × 0.58 = 28.999…).
+    for t in range(1, 60):
+        for fraction in (0.58, 0.99, 0.6, 0.7, 0.29, 1.0, 0.33):
+            if int(t * fraction) >= 1:
+                assert num_train_steps(t, fraction) == int(t * fraction), (t, fraction)
+    assert num_train_steps(50, 0.58) == 28

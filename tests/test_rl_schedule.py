@@ -54,3 +54,37 @@ def test_bad_inputs_raise():
         check_sigmas(np.array([0.5, 0.7, 0.0]))
     with pytest.raises(ValueError, match="at least 2"):
         check_sigmas(np.array([0.5]))
+
+
+def _reference_timesteps(n, shift):
+    """diffusers / Flow-GRPO: the float64 schedule, timesteps = int(σ·1000) truncated in float64."""
+    raw = np.linspace(0.0, 0.999, n + 1, dtype=np.float64)
+    sig = (shift * raw / (1.0 + (shift - 1.0) * raw))[::-1][:-1]
+    return (sig * 1000).astype(np.int64)
+
+
+def test_timesteps_truncate_the_float64_schedule_like_diffusers():
+    from vggrpo_jax.rl.schedule import wan_timesteps
+
+    cases = [(n, 1.0) for n in range(1, 101)] + [(121, 7.5), (20, 3.0), (50, 5.0)]
+    for n, shift in cases:
+        expected = _reference_timesteps(n, shift)
+        np.testing.assert_array_equal(wan_timesteps(n, shift), expected, err_msg=f"N={n} shift={shift}")
+        np.testing.assert_array_equal(timesteps(wan_sigmas(n, shift, np.float64)[:-1]), expected)
+    # The float32 schedule is one lower where σ32 sits an ulp below the integer (what the float64 path fixes).
+    assert timesteps(wan_sigmas(21, 1.0)[:-1]).tolist() != _reference_timesteps(21, 1.0).tolist()
+    # The sampler takes its timesteps from the schedule at the schedule's own precision.
+    import jax
+    import jax.numpy as jnp
+
+    from vggrpo_jax.rl.rollout import ode_sample
+
+    seen = []
+
+    def velocity(x, t, cond):
+        jax.debug.callback(lambda v: seen.append(int(v[0])), t)
+        return jnp.zeros_like(x)
+
+    jax.block_until_ready(ode_sample(velocity, jnp.zeros((1, 2)), wan_sigmas(121, 7.5, np.float64), cond=None))
+    jax.effects_barrier()
+    assert seen == _reference_timesteps(121, 7.5).tolist()

@@ -117,7 +117,16 @@ def test_jitter_changes_only_the_camera(clip):
     np.testing.assert_array_equal(shaky["object_center"], clip["object_center"])
     step = lambda c: np.linalg.norm(np.diff(np.diff(c["c2w"][:, :3, 3], axis=0), axis=0), axis=-1).mean()
     assert step(shaky) > 5 * step(clip)
-    assert "handheld" in shaky["caption"]
+    assert shaky["caption"] == clip["caption"]  # captions never describe the jitter
+
+
+def test_min_moving():
+    none = render_clip(11, config=ToyworldConfig(num_frames=1, height=8, width=8, dynamic_prob=0.0))
+    one = render_clip(11, config=ToyworldConfig(num_frames=1, height=8, width=8, dynamic_prob=0.0, min_moving=1))
+    assert not none["object_moving"].any() and one["object_moving"].sum() == 1
+    np.testing.assert_array_equal(none["object_center"], one["object_center"])
+    with pytest.raises(ValueError, match="min_moving"):
+        ToyworldConfig(min_moving=4)
 
 
 def test_grain_source_and_geometry():

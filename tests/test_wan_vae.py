@@ -240,3 +240,27 @@ def test_frame_count_helpers():
         WanVAEConfig.tiny21(z_dim=8)
     abstract = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
     assert abstract.num_frames_for_latents(2) == 5
+
+
+def test_configs_round_trip_diffusers_in_memory_and_config_json(tmp_path):
+    """from_diffusers_config reads what diffusers hands out: the in-memory `model.config` (with its underscore
+    bookkeeping keys such as _use_default_values) and the saved config.json, for the VAE and the transformer."""
+    import json
+
+    import diffusers
+
+    from vggrpo_jax.models.wan.config import WanConfig
+
+    for ours, cls, theirs in (
+        (WanVAEConfig.tiny21(), WanVAEConfig, diffusers.AutoencoderKLWan),
+        (WanConfig.tiny(), WanConfig, diffusers.WanTransformer3DModel),
+    ):
+        model = theirs.from_config(ours.to_diffusers_config())  # how diffusers builds a loaded model
+        in_memory = dict(model.config)
+        if cls is WanVAEConfig:  # diffusers filled clip_output and dropout from defaults and recorded that
+            assert "_use_default_values" in in_memory
+        assert cls.from_diffusers_config(in_memory) == ours
+        out = tmp_path / theirs.__name__
+        model.save_config(str(out))
+        with open(out / "config.json") as fh:
+            assert cls.from_diffusers_config(json.load(fh)) == ours

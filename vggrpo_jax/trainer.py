@@ -84,9 +84,10 @@ class GRPOTrainer:
     def __post_init__(self):
         c = self.config
         self.group_size = int(c.rl.group_size)
-        self.sigmas = np.asarray(rl.wan_sigmas(int(c.rl.num_steps), float(c.rl.shift)))
+        # float64: the rollout derives the integer timesteps from it exactly as diffusers does (rl.timesteps).
+        self.sigmas = rl.wan_sigmas(int(c.rl.num_steps), float(c.rl.shift), np.float64)
         scale = {"flow_grpo_wan": None, "sd3": float(c.rl.noise_a), "constant": float(c.rl.noise_eta)}[c.rl.noise_rule]
-        self.noise_rule = rl.make_noise_rule(c.rl.noise_rule, self.sigmas, scale)
+        self.noise_rule = rl.make_noise_rule(c.rl.noise_rule, self.sigmas.astype(np.float32), scale)
         self.grpo_config = rl.GrpoConfig(
             noise_rule=self.noise_rule, clip_eps=float(c.rl.clip_eps), beta=float(c.rl.beta),
             cfg_scale=float(c.rl.cfg_scale),
@@ -151,7 +152,7 @@ class GRPOTrainer:
         )
 
     def _ode_impl(self, lora, frozen, cond, uncond, key, num_steps: int):
-        sigmas = np.asarray(rl.wan_sigmas(num_steps, float(self.config.rl.shift)))
+        sigmas = rl.wan_sigmas(num_steps, float(self.config.rl.shift), np.float64)
         velocity = functools.partial(self.policy.velocity, lora, frozen)
         return rl.ode_sample(velocity, self._noise(key, cond.shape[0]), sigmas, cond={"emb": cond},
                              uncond={"emb": uncond}, cfg_scale=float(self.config.rl.cfg_scale))

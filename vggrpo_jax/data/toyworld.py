@@ -18,10 +18,11 @@ or with per-frame jitter. Each clip comes with everything a geometry model predi
 - ``object_shape`` (n,) 0 box / 1 sphere, ``object_center`` (n, 3) at frame 0, ``object_vel`` (n, 3) per frame,
   ``object_half`` (n, 3) box half extents, ``object_sphere_r`` (n,), ``object_yaw`` (n,), ``object_moving`` (n,),
   ``object_color`` (n,) index into ``COLORS``
-- ``caption`` naming the objects, which move, and the camera motion; ``camera_motion`` the path's name.
+- ``caption`` naming the objects, which move, and the camera motion (never the jitter); ``camera_motion`` the path's
+  name.
 
 Everything is a deterministic function of the seed (``jax.random.key(seed)``). One jit per (frames, height, width,
-config), where jitter, dynamic_prob and speed_range do not count (they are traced). ``ToyworldSource`` is a
+config), where jitter, dynamic_prob, min_moving and speed_range do not count (they are traced). ``ToyworldSource`` is a
 grain-style random-access data source (record i uses seed base_seed + i).
 """
 from __future__ import annotations
@@ -74,6 +75,7 @@ class ToyworldConfig:
     width: int = 64
     num_objects: int = 3
     dynamic_prob: float = 0.5
+    min_moving: int = 0  # at least this many objects move (those with the lowest motion draws), whatever dynamic_prob
     speed_range: tuple[float, float] = (0.04, 0.09)  # units per frame for moving objects
     camera_motions: tuple[str, ...] = CAMERA_MOTIONS
     jitter: float = 0.0
@@ -95,6 +97,8 @@ class ToyworldConfig:
             )
         if self.jitter < 0 or not 0 <= self.dynamic_prob <= 1:
             raise ValueError(f"jitter must be >= 0 and dynamic_prob in [0, 1], got {self.jitter}, {self.dynamic_prob}")
+        if not 0 <= self.min_moving <= self.num_objects:
+            raise ValueError(f"min_moving must be in [0, num_objects={self.num_objects}], got {self.min_moving}")
         if not 1.0 <= self.fov_deg <= 150.0:
             raise ValueError(f"fov_deg must be in [1, 150], got {self.fov_deg}")
         if not (self.checker_size > 0 and self.ground_half_extent > 0):
@@ -109,13 +113,13 @@ class ToyworldConfig:
 
 
 # Config fields passed to the jitted renderer as traced values, so changing them does not recompile.
-_TRACED_FIELDS = ("jitter", "dynamic_prob", "speed_range")
+_TRACED_FIELDS = ("jitter", "dynamic_prob", "min_moving", "speed_range")
 
 
 def _split_config(cfg: ToyworldConfig) -> tuple[ToyworldConfig, dict[str, jax.Array]]:
     static = dataclasses.replace(cfg, **{f: getattr(ToyworldConfig, f) for f in _TRACED_FIELDS})
     traced = dict(jitter=jnp.float32(cfg.jitter), dynamic_prob=jnp.float32(cfg.dynamic_prob),
-                  speed_range=jnp.asarray(cfg.speed_range, jnp.float32))
+                  min_moving=jnp.int32(cfg.min_moving), speed_range=jnp.asarray(cfg.speed_range, jnp.float32))
     return static, traced
 
 
@@ -134,7 +138,11 @@ def _sample_scene(key: jax.Array, cfg: ToyworldConfig, traced: dict[str, jax.Arr
     height = jnp.where(shape == 1, sphere_r, half[:, 2])
     center = jnp.stack([rad * jnp.cos(ang), rad * jnp.sin(ang), height], -1)
     yaw = uni(next(u), 0.0, jnp.pi)
-    moving = next(u) < traced["dynamic_prob"]
+    # The objects with the lowest draws move: those below dynamic_prob, and at least min_moving of them (with
+    # min_moving = 0 this is exactly `draw < dynamic_prob`).
+    draw = next(u)
+    rank = jnp.argsort(jnp.argsort(draw))
+    moving = rank < jnp.maximum(jnp.sum(draw < traced["dynamic_prob"]), traced["min_moving"])
     vdir = uni(next(u), 0.0, 2 * jnp.pi)
     speed = uni(next(u), traced["speed_range"][0], traced["speed_range"][1])
     vel = jnp.stack([jnp.cos(vdir), jnp.sin(vdir), jnp.zeros_like(vdir)], -1) * (speed * moving)[:, None]
@@ -314,7 +322,9 @@ def _render(seed: jax.Array, traced: dict[str, jax.Array], cfg: ToyworldConfig) 
 # Captions
 
 
-def _caption(scene: dict[str, np.ndarray], motion: str, jitter: float) -> str:
+def _caption(scene: dict[str, np.ndarray], motion: str) -> str:
+    """The scene (objects, which move) and the camera path. Never the jitter: a model trained on these captions
+    must produce shaky and smooth clips for the same prompt, the defect the geometry rewards remove."""
     names = [f"{_COLOR_NAMES[c]} {SHAPES[s]}" for c, s in zip(scene["color"], scene["shape"])]
     art = lambda n: ("an " if n[0] in "aeiou" else "a ") + n
     listed = art(names[0]) if len(names) == 1 else ", ".join(art(n) for n in names[:-1]) + " and " + art(names[-1])
@@ -324,11 +334,16 @@ def _caption(scene: dict[str, np.ndarray], motion: str, jitter: float) -> str:
         verb = "slides" if len(movers) == 1 else "slide"
         text += "; the " + " and the ".join(movers) + f" {verb} across the floor"
     else:
-        text += "; nothing in the scene moves"
-    cam = _MOTION_PHRASES[motion]
-    if jitter > 0:
-        cam += ", handheld and shaky" if jitter >= 0.01 else ", slightly handheld"
-    return f"{text}. {cam}."
+        text += _STATIC_PHRASE
+    return f"{text}. {_MOTION_PHRASES[motion]}."
+
+
+_STATIC_PHRASE = "; nothing in the scene moves"
+
+
+def caption_split(caption: str) -> str:
+    """"static" or "dynamic": whether a toyworld caption describes moving objects (read from ``_caption``'s text)."""
+    return "static" if _STATIC_PHRASE in caption else "dynamic"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -347,13 +362,12 @@ def render_clip(seed: int, num_frames: int | None = None, height: int | None = N
 
     ``num_frames``, ``height``, ``width`` and any ``ToyworldConfig`` field given as a keyword override ``config``.
     The same seed and config always give the same clip. Compiles once per config (shape); ``jitter``,
-    ``dynamic_prob`` and ``speed_range`` are traced.
+    ``dynamic_prob``, ``min_moving`` and ``speed_range`` are traced.
     """
     if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**31:
         raise ValueError(f"seed must be an int in [0, 2**31), got {seed!r}")
     cfg = _config(config, num_frames=num_frames, height=height, width=width, **overrides)
-    jitter = cfg.jitter
-    static_cfg, traced = _split_config(cfg)  # jitter, dynamic_prob, speed_range are traced: no recompile
+    static_cfg, traced = _split_config(cfg)  # jitter, dynamic_prob, min_moving, speed_range are traced: no recompile
     out = jax.device_get(_render(jnp.int32(seed), traced, static_cfg))
     scene = out.pop("scene")
     motion = cfg.camera_motions[int(scene["motion"])]
@@ -361,7 +375,7 @@ def render_clip(seed: int, num_frames: int | None = None, height: int | None = N
     # Object parameters (n objects): frame-0 centres, per-frame velocity, and shape, so tests can check the geometry.
     for k in ("shape", "center", "vel", "half", "sphere_r", "yaw", "moving", "color"):
         clip[f"object_{k}"] = np.asarray(scene[k])
-    clip["caption"] = _caption(scene, motion, jitter)
+    clip["caption"] = _caption(scene, motion)
     clip["camera_motion"] = motion
     clip["is_dynamic"] = bool(np.any(scene["moving"]))
     return clip
@@ -382,7 +396,7 @@ def make_prompts(n: int, seed: int = 0, config: ToyworldConfig | None = None) ->
     static_cfg, traced = _split_config(cfg)
     scenes = jax.device_get(_scenes(jnp.arange(seed, seed + n, dtype=jnp.int32), traced, static_cfg))
     return [
-        _caption({k: v[i] for k, v in scenes.items()}, cfg.camera_motions[int(scenes["motion"][i])], cfg.jitter)
+        _caption({k: v[i] for k, v in scenes.items()}, cfg.camera_motions[int(scenes["motion"][i])])
         for i in range(n)
     ]
 

@@ -13,7 +13,6 @@ guided velocity is v = v_u + w·(v_c − v_u), in float32.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import flax.struct
@@ -125,7 +124,8 @@ def num_train_steps(num_steps: int, train_fraction: float) -> int:
     """Flow-GRPO's int(T·timestep_fraction): with T = 20 and 0.99 the last step is not trained (steps 0..18)."""
     if not 0 < train_fraction <= 1:
         raise ValueError(f"train_fraction must lie in (0, 1], got {train_fraction}")
-    n = int(math.floor(num_steps * train_fraction + 1e-9))
+    # Exactly Flow-GRPO's int(T * fraction) on the float64 product (50 × 0.58 = 28.999… trains 28 steps).
+    n = int(num_steps * train_fraction)
     if n < 1:
         raise ValueError(f"train_fraction {train_fraction} of {num_steps} steps trains no step")
     return n
@@ -134,9 +134,11 @@ def num_train_steps(num_steps: int, train_fraction: float) -> int:
 def _schedule(sigmas: Any) -> tuple[jax.Array, jax.Array]:
     if isinstance(sigmas, jax.core.Tracer):
         raise ValueError("sigmas must be concrete (a numpy array): the timesteps and the step count derive from them")
-    s = np.asarray(sigmas, dtype=np.float32)
+    given = np.asarray(sigmas)
+    s = given.astype(np.float32)
     check_sigmas(s)
-    return jnp.asarray(s), jnp.asarray(_timesteps(s[:-1]))
+    # The timesteps come from the sigmas at the precision given: a float64 schedule gives diffusers' timesteps.
+    return jnp.asarray(s), jnp.asarray(_timesteps(given[:-1]))
 
 
 def rollout(
@@ -153,6 +155,9 @@ def rollout(
     train_fraction: float = 0.99,
 ) -> Trajectory:
     """SDE sampling of B samples over the schedule `sigmas` (T+1,) as a lax.scan, recording log-probabilities.
+
+    sigmas: numpy; the math runs on its float32 values, the integer timesteps come from it at its own precision
+        (pass the float64 schedule, wan_sigmas(T, shift, np.float64), for diffusers' timesteps).
 
     x_init: (B, ...) initial noise (float32); the K samples of a group are K rows with the same `cond`.
     key: one PRNG key; step i uses fold_in(key, i), noise is independent per element and per sample.
@@ -305,7 +310,7 @@ def branch_rollout(
             f"got group_size={group_size}, branch_step={branch_step}, sde_steps={sde_steps}"
         )
     p = x_init.shape[0]
-    np_sigmas = np.asarray(sigmas, np.float32)
+    np_sigmas = np.asarray(sigmas)  # its own precision: the tail's timesteps come from it
     repeat = lambda a: jnp.repeat(a, group_size, axis=0)  # noqa: E731
 
     x = x_init.astype(jnp.float32)

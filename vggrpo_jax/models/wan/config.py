@@ -131,7 +131,8 @@ class WanConfig:
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_diffusers_config(cls, config: Mapping[str, Any], **runtime: Any) -> "WanConfig":
-        """From a diffusers transformer config.json dict; `runtime` sets dtype, scan_layers, lora_rank, ..."""
+        """From a diffusers transformer config: a config.json dict or the in-memory `transformer.config`; `runtime`
+        sets dtype, scan_layers, lora_rank, ... Keys outside the architecture (bookkeeping) are ignored."""
         arch = {k: config[k] for k in _DIFFUSERS_FIELDS if k in config}
         return cls(**arch, **runtime)
 

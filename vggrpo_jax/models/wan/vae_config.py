@@ -115,12 +115,16 @@ class WanVAEConfig:
     # ------------------------------------------------------------------------------------------- builders
     @classmethod
     def from_diffusers_config(cls, config: Mapping[str, Any], **overrides: Any) -> "WanVAEConfig":
-        """From a diffusers `AutoencoderKLWan` config dict (config.json); unknown keys raise ValueError."""
+        """From a diffusers `AutoencoderKLWan` config: a config.json dict or the in-memory `vae.config` (a FrozenDict).
+
+        diffusers' bookkeeping keys (leading underscore: _class_name, _use_default_values, ...) are ignored; any other
+        unknown key raises ValueError naming it.
+        """
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         unknown = []
         for key, value in dict(config).items():
-            if key in _IGNORED_DIFFUSERS_KEYS:
+            if key.startswith("_") or key in _IGNORED_DIFFUSERS_KEYS:
                 if key == "dropout" and value:
                     raise ValueError(f"WanVAEConfig: dropout={value} is not supported (inference model)")
                 continue

@@ -1,0 +1,161 @@
+#!/usr/bin/env python
+"""Toy Wan2.1-VAE training-step speed on XLA:CPU: widths, crop sizes, batch, dtype, conv formulation, XLA flags.
+
+    python benchmarks/vae_train_step.py               # the sizing table (widths × crops) + the speed options
+    python benchmarks/vae_train_step.py --quick       # fewer variants
+
+One step = encode → reparameterized sample → decode → L1 + MSE + KL → grad → Adam update, jitted with donation, as
+the toy VAE job runs it. Each variant runs in its own process (XLA flags are read once per process), one after the
+other, with the compile excluded. Prints seconds per step (median of --steps), crops/s, and each option's ratio
+against its baseline measured in the same run (> 1: faster than the baseline).
+
+Conv formulations (monkeypatched into CausalConv3d.conv in the child, to decide whether the model should change):
+  2d     the model's own: one 2-D conv per temporal tap, summed
+  taps   the kt taps stacked on channels: one 2-D conv with kt·C input channels
+  3d     XLA's native 3-D convolution
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+BASE = dict(base=16, mult=(1, 1, 1, 1), res=1, frames=5, size=32, batch=8, dtype="float32", conv="2d", flags="")
+
+
+def _variants(quick: bool) -> list[tuple[str, dict, str | None]]:
+    """(name, overrides, baseline name or None)."""
+    v: list[tuple[str, dict, str | None]] = []
+    sizes = [(5, 32)] if quick else [(5, 32), (9, 32)]
+    bases = [8, 16] if quick else [8, 12, 16]
+    for f, s in sizes:
+        for b in bases:
+            v.append((f"base{b} {f}x{s}x{s} b8", dict(base=b, frames=f, size=s), None))
+    v.append(("base16 5x32x32 b4", dict(batch=4), "base16 5x32x32 b8"))
+    if not quick:
+        v.append(("wan-form base8 mult1244 res2", dict(base=8, mult=(1, 2, 4, 4), res=2), "base8 5x32x32 b8"))
+    ref = "base16 5x32x32 b8"
+    v.append(("conv=taps", dict(conv="taps"), ref))
+    v.append(("conv=3d", dict(conv="3d"), ref))
+    v.append(("bfloat16 compute", dict(dtype="bfloat16"), ref))
+    for flag in ("--xla_cpu_use_xnnpack=true", "--xla_cpu_enable_fast_math=true", "--xla_cpu_use_onednn=true",
+                 "--xla_cpu_use_thunk_runtime=false", "--xla_cpu_multi_thread_eigen=false"):
+        v.append((flag, dict(flags=flag), ref))
+    return v
+
+
+def _child(spec: dict, steps: int) -> dict:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + spec["flags"]).strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from vggrpo_jax.models.wan import vae_layers
+    from vggrpo_jax.models.wan.vae import WanVAE, WanVAEConfig
+
+    if spec["conv"] != "2d":
+        orig = vae_layers.CausalConv3d.conv
+
+        def conv(self, x):
+            kernel = self.kernel.get_value().astype(self.dtype)
+            kt, kh, kw, c, o = kernel.shape
+            if kh == kw == 1 and self.spatial_pad == (0, 0):
+                return orig(self, x)
+            x = x.astype(self.dtype)
+            st, (ph, pw) = self.stride[0], self.spatial_pad
+            b, t = x.shape[:2]
+            t_out = (t - kt) // st + 1
+            if spec["conv"] == "3d":
+                y = jax.lax.conv_general_dilated(
+                    x, kernel, window_strides=self.stride, padding=((0, 0), (ph, ph), (pw, pw)),
+                    dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+            else:
+                taps = [jax.lax.slice_in_dim(x, i, i + st * (t_out - 1) + 1, stride=st, axis=1) for i in range(kt)]
+                xs = jnp.concatenate(taps, -1).reshape(b * t_out, *x.shape[2:4], kt * c)
+                k2 = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * c, o)
+                y = jax.lax.conv_general_dilated(xs, k2, self.stride[1:], ((ph, ph), (pw, pw)),
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                y = y.reshape(b, t_out, *y.shape[1:])
+            return y + self.bias.get_value().astype(self.dtype)
+
+        vae_layers.CausalConv3d.conv = conv
+
+    dtype = jnp.dtype(spec["dtype"])
+    cfg = WanVAEConfig(base_dim=spec["base"], dim_mult=tuple(spec["mult"]), num_res_blocks=spec["res"],
+                       latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16, dtype=dtype)
+    model = WanVAE(cfg, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    tx = optax.adam(1e-4)
+    state = (params, tx.init(params))
+
+    def loss_fn(p, video, key):
+        vae = nnx.merge(graphdef, p)
+        mean, logvar = vae.encode(video)
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+        rec = vae.decode(z)
+        kl = 0.5 * jnp.mean(mean**2 + jnp.exp(logvar) - 1 - logvar)
+        return jnp.mean(jnp.abs(rec - video)) + jnp.mean((rec - video) ** 2) + 1e-4 * kl
+
+    @jax.jit
+    def step(state, video, key):
+        p, o = state
+        loss, g = jax.value_and_grad(loss_fn)(p, video, key)
+        u, o = tx.update(g, o, p)
+        return (optax.apply_updates(p, u), o), loss
+
+    step = jax.jit(step.__wrapped__, donate_argnums=0)
+    video = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (spec["batch"], 3, spec["frames"], spec["size"],
+                                                                     spec["size"])).astype(np.float32))
+    t0 = time.perf_counter()
+    state, loss = step(state, video, jax.random.key(0))
+    loss.block_until_ready()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        state, loss = step(state, video, jax.random.key(i + 1))
+        loss.block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return dict(step_s=statistics.median(times), min_s=min(times), compile_s=compile_s, params=int(n_params),
+                loss=float(loss))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(_child(json.loads(args.one), args.steps)))
+        return
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
+    results: dict[str, dict] = {}
+    print(f"{'variant':40s} {'params':>8s} {'s/step':>8s} {'min':>7s} {'crops/s':>8s} {'compile':>8s}  vs baseline")
+    for name, over, ref in _variants(args.quick):
+        spec = dict(BASE, **over)
+        proc = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--one", json.dumps(spec)],
+                              capture_output=True, text=True, env=env)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not line:
+            err = (proc.stderr.strip().splitlines() or ["?"])[-1][:80]
+            print(f"{name:40s} failed: {err}", flush=True)
+            continue
+        r = results[name] = json.loads(line[0][7:])
+        r["crops_s"] = spec["batch"] / r["step_s"]
+        ratio = f"{r['crops_s'] / results[ref]['crops_s']:.2f}× the crops/s of '{ref}'" if ref in results else ""
+        print(f"{name:40s} {r['params']:8d} {r['step_s']:8.3f} {r['min_s']:7.3f} {spec['batch'] / r['step_s']:8.2f} "
+              f"{r['compile_s']:7.1f}s  {ratio}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
