@@ -48,6 +48,8 @@ def _cases() -> dict[str, dict]:
         add(model, "v5e16", 16, {"fsdp": 8, "context": 2})
         add(model, "v5e8", 8, {"fsdp": 2, "context": 4}, **{"rl.micro_batch_size": 2})
         add(model, "v5e16", 16, {"fsdp": 4, "context": 4}, **{"rl.micro_batch_size": 4})
+    # The 5B update at 121×704×1280 needs the samples split further.
+    add("wan22", "v5e16", 16, {"fsdp": 2, "context": 8}, **{"rl.micro_batch_size": 2})
     return cases
 
 
