@@ -101,3 +101,44 @@ def test_training_on_preferences_learns_them_on_a_linear_velocity_model():
     assert float(before["implicit_accuracy"]) == 0.5
     assert float(after["implicit_accuracy"]) > 0.9 and float(after["reward_margin"]) > 0
     assert float(loss_after) < np.log(2.0) - 0.1
+
+
+def test_dpo_step_on_a_tiny_wan_policy_learns_the_preferences():
+    """make_dpo_step with the real Policy (tiny Wan DiT, LoRA r4): fitting one batch of 2 preference pairs with
+    fresh noise and σ each step must turn the implicit accuracy, measured on 16 held-out (noise, σ) draws, from ≈ ½
+    (θ = ref: LoRA B starts at 0) to > 0.8 with a positive mean margin. Measured: 0.53 (margin 1e-5) → 1.0 (margin
+    28.3) after 40 Adam steps."""
+    from vggrpo_jax.models.wan.config import WanConfig  # noqa: PLC0415
+    from vggrpo_jax.policy import Policy  # noqa: PLC0415
+    from vggrpo_jax.rl.dpo import make_dpo_step, sample_noise_and_sigma  # noqa: PLC0415
+    from vggrpo_jax.rl.schedule import wan_sigmas  # noqa: PLC0415
+
+    policy = Policy.random(WanConfig.tiny(lora_rank=4, lora_alpha=8.0), seed=0)
+    rng = np.random.default_rng(0)
+    shape = (2, 4, 3, 8, 8)
+    batch = {"x0_w": jnp.asarray(rng.normal(size=shape), jnp.float32),
+             "x0_l": jnp.asarray(rng.normal(size=shape), jnp.float32),
+             "text": {"emb": jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)}}
+    sigmas = wan_sigmas(10)
+    opt = optax.adam(3e-3)
+    step = jax.jit(make_dpo_step(policy.velocity, policy.reference_velocity, opt, beta=500.0, sigmas=sigmas))
+
+    @jax.jit
+    def one(params, k):
+        noise, sigma, t = sample_noise_and_sigma(k, shape, jnp.asarray(sigmas))
+        return flow_dpo_objective(lambda x, tt, txt: policy.velocity(params, policy.frozen, x, tt, txt),
+                                  lambda x, tt, txt: policy.reference_velocity(params, policy.frozen, x, tt, txt),
+                                  batch["x0_w"], batch["x0_l"], noise, sigma, t, batch["text"], 500.0)[1]
+
+    def held_out(params):
+        ms = [one(params, jax.random.key(1000 + i)) for i in range(16)]
+        return {k: float(np.mean([m[k] for m in ms])) for k in ("implicit_accuracy", "reward_margin")}
+
+    params, state = policy.lora, opt.init(policy.lora)
+    before = held_out(params)
+    for i in range(40):
+        params, state, metrics = step(params, state, policy.frozen, batch, jax.random.fold_in(jax.random.key(0), i))
+    after = held_out(params)
+    assert abs(before["reward_margin"]) < 1e-3  # θ = ref up to rounding (LoRA B = 0)
+    assert np.isfinite(float(metrics["grad_norm"])) and float(metrics["grad_norm"]) > 0
+    assert after["implicit_accuracy"] > 0.8 and after["reward_margin"] > 0, after

@@ -42,12 +42,18 @@ def load_prompts(config: Any, eval_split: bool = False) -> list[str]:
 
     prompts.split ("all" | "static" | "dynamic") filters jsonl prompts by their split.
     """
+    return [text for text, _ in load_prompts_with_splits(config, eval_split)]
+
+
+def load_prompts_with_splits(config: Any, eval_split: bool = False) -> list[tuple[str, str]]:
+    """`load_prompts` with each prompt's split: "static" / "dynamic" from a jsonl file (or from the toyworld caption),
+    "unsplit" for prompts that carry none (.txt files)."""
     path = config.prompts.eval_path if eval_split and config.prompts.eval_path else config.prompts.path
     if path == "toyworld":
-        from vggrpo_jax.data.toyworld import make_prompts  # noqa: PLC0415
+        from vggrpo_jax.data.toyworld import caption_split, make_prompts  # noqa: PLC0415
 
         n = int(config.prompts.toyworld_count)
-        return make_prompts(n, seed=int(config.seed) + (1 if eval_split else 0))
+        return [(p, caption_split(p)) for p in make_prompts(n, seed=int(config.seed) + (1 if eval_split else 0))]
     if not path:
         raise ValueError("config.prompts.path is empty: give a prompt file (.txt, one per line, or .jsonl)")
     prompts = read_prompts(path)
@@ -56,7 +62,7 @@ def load_prompts(config: Any, eval_split: bool = False) -> list[str]:
         prompts = [p for p in prompts if p.split == split]
         if not prompts:
             raise ValueError(f"{path}: no prompt has split {split!r} (config.prompts.split)")
-    return [p.text for p in prompts]
+    return [(p.text, p.split or "unsplit") for p in prompts]
 
 
 # --------------------------------------------------------------------------------------------------- text

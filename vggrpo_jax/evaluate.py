@@ -3,7 +3,11 @@
     latent   the LGM on z0 (what training optimises)
     rgb      VAE decode → Any4D on the decoded frames (an independent judge: a gain must not exist only in the eyes of
              the model trained on)
-    video    a frame-difference motion-smoothness score on the decoded pixels (no geometry model at all)
+    video    pixel metrics of the decoded videos, no geometry model at all: a frame-difference smoothness score,
+             Epi. (SIFT + RANSAC + Sampson) and VBench-style motion smoothness / dynamic degree (`evaluation/`)
+
+Each run also keeps one record per evaluated prompt (`Evaluator.records`: prompt, split, the row of the fixed eval
+noise, every metric) for `evaluation.write_report` (per-split means ± s.e., win rates between checkpoints).
 
 Writes, per evaluated step, `samples/step_XXXXXX/{i}.mp4` and `{i}_camera.png` (LGM camera path) on process 0.
 
@@ -21,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vggrpo_jax.evaluation import make_records, video_scores
 from vggrpo_jax.parallel import place_state, replicate, shard_batch
 from vggrpo_jax.trainer import GRPOTrainer, geometry_rewards
 
@@ -41,15 +46,37 @@ def frame_smoothness(video: jax.Array, eps: float = 1e-6) -> jax.Array:
     return 1.0 / (1.0 + e)
 
 
+def sample_records(video: np.ndarray, latent: dict, rgb: dict | None, prompts: Sequence[str], splits: Sequence[str],
+                   noise_seed: int, fps: int) -> list[dict]:
+    """One report record per sample i < len(prompts): {"prompt", "split", "seed": i (the row of the eval noise drawn
+    from `noise_seed`), "noise_seed", the pixel metrics of `video` (B, 3, F, H, W) in [−1, 1], latent_* and rgb_*
+    rewards (motion, geo, e_trans, e_rot) from the LGM and RGB-path reward dicts}."""
+    n = len(prompts)
+    scores = video_scores(np.asarray(video[:n], np.float32), fps)
+    for prefix, rewards in (("latent", latent), ("rgb", rgb)):
+        for name in ("motion", "geo", "e_trans", "e_rot") if rewards is not None else ():
+            scores[f"{prefix}_{name}"] = np.asarray(rewards[name], np.float64)[:n]
+    records = make_records(prompts, list(range(n)), splits, scores)
+    return [r | {"noise_seed": int(noise_seed)} for r in records]
+
+
 class Evaluator:
     """Samples and scores a fixed set of evaluation prompts (their embeddings are computed once)."""
 
     def __init__(self, trainer: GRPOTrainer, vae: Any, any4d: Any, cond: np.ndarray, uncond: np.ndarray,
                  prompts: Sequence[str], *, mesh: Any = None, num_steps: int, fps: int, spatial_stride: int, view_frame_rule: str,
-                 rgb_rewards: bool = True, write_videos: bool = True, seed: int = 0):
+                 rgb_rewards: bool = True, write_videos: bool = True, seed: int = 0,
+                 splits: Sequence[str] | None = None, num_records: int | None = None):
+        """`splits` (one per prompt, default "unsplit") label the report records; `num_records` counts the leading
+        prompts that are real (the rest pad the batch to the mesh and are not recorded)."""
         from vggrpo_jax.lgm.rgb_path import RGBGeometryPath  # noqa: PLC0415
 
         self.trainer, self.prompts = trainer, list(prompts)
+        self.splits = list(splits) if splits is not None else ["unsplit"] * len(self.prompts)
+        if len(self.splits) != len(self.prompts):
+            raise ValueError(f"Evaluator: {len(self.splits)} splits for {len(self.prompts)} prompts")
+        self.num_records = len(self.prompts) if num_records is None else int(num_records)
+        self.records: list[dict] = []
         self.cond, self.uncond = cond, uncond
         self.num_steps, self.fps, self.seed = int(num_steps), int(fps), int(seed)
         self.rgb_rewards, self.write_videos = rgb_rewards, write_videos
@@ -76,10 +103,16 @@ class Evaluator:
             video = np.asarray(jax.device_get(self._decode(self._vae_state, z0)))
         metrics = {"eval/frame_smoothness": float(np.mean(np.asarray(frame_smoothness(jnp.asarray(video)))))}
         metrics.update(_summary("eval/latent", latent))
+        rgb = None
         if self.rgb_rewards:
             with _mesh(self.mesh):
                 rgb = jax.device_get(self._rgb(self._rgb_state, z0))
             metrics.update(_summary("eval/rgb", rgb))
+        n = self.num_records
+        self.records = sample_records(video, latent, rgb, self.prompts[:n], self.splits[:n], self.seed, self.fps)
+        for name in ("epi_sampson", "epi_inlier_rate", "epi_failed", "motion_smoothness", "dynamic_degree"):
+            x = np.asarray([r[name] for r in self.records], np.float64)
+            metrics[f"eval/{name}"] = float(np.mean(x[np.isfinite(x)])) if np.isfinite(x).any() else float("nan")
         if out_dir and self.write_videos and jax.process_index() == 0:
             self._write(video, latent["c2w"], os.path.join(out_dir, f"step_{step:06d}"))
         return metrics

@@ -33,6 +33,7 @@ from vggrpo_jax.checkpoint import TrainCheckpointer
 from vggrpo_jax.config import define_flags, validate
 from vggrpo_jax.data.pipeline import PromptBatches
 from vggrpo_jax.evaluate import Evaluator
+from vggrpo_jax.evaluation import write_report
 from vggrpo_jax.metrics import MetricWriter
 from vggrpo_jax.trainer import GRPOTrainer, latent_shape
 
@@ -81,7 +82,9 @@ class Run:
             )
 
         self.prompts = build.load_prompts(c)
-        self.eval_prompts = build.load_prompts(c, eval_split=True)[: int(c.eval.num_prompts)]
+        eval_set = build.load_prompts_with_splits(c, eval_split=True)[: int(c.eval.num_prompts)]
+        self.eval_prompts = [p for p, _ in eval_set]
+        self.eval_splits = [sp for _, sp in eval_set]
         self.text = build.build_text_encoder(c, workdir, self.mesh, self.prompts + self.eval_prompts)
         _log(f"encoding {len(self.prompts)} prompts (cached embeddings are reused)")
         self.trimmed = self.text.encode_trimmed(self.prompts)
@@ -106,8 +109,9 @@ class Run:
     def _make_evaluator(self) -> Evaluator:
         c = self.config
         shards = self._batch_shards()
-        prompts = list(self.eval_prompts)
+        prompts, splits = list(self.eval_prompts), list(self.eval_splits)
         while len(prompts) % shards:  # the sample batch must split evenly over the batch axes
+            splits.append(splits[len(prompts) % len(self.eval_prompts)])
             prompts.append(prompts[len(prompts) % len(self.eval_prompts)])
         cond = build.pad_batch(self.text.encode_trimmed(prompts), self.max_length)
         connector = self.lgm.connector.config
@@ -115,6 +119,7 @@ class Run:
             self.trainer, self.vae, self.any4d, cond, self.uncond, prompts, mesh=self.mesh, num_steps=int(c.eval.num_steps),
             fps=int(c.video.fps), spatial_stride=int(connector.stride[-1]), view_frame_rule=self.lgm.view_frame_rule,
             rgb_rewards=bool(c.eval.rgb_rewards), write_videos=bool(c.eval.write_videos), seed=int(c.seed) + 7,
+            splits=splits, num_records=len(self.eval_prompts),
         )
 
     def _batch_shards(self) -> int:
@@ -200,7 +205,8 @@ def train(config: Any, workdir: str) -> list[dict[str, float]]:
 
 
 def evaluate_latest(config: Any, workdir: str) -> dict[str, float]:
-    """Evaluates the newest checkpoint of `workdir` (EMA adapters) and writes eval metrics and samples."""
+    """Evaluates the newest checkpoint of `workdir` (EMA adapters) and writes eval metrics, samples and the report
+    `eval_XXXXXX/report.{md,json}` (per-split metrics; `tools/compare_reports.py` gives win rates between two)."""
     config = validate(config)
     run = Run(config, workdir)
     if not run.restore():
@@ -210,6 +216,8 @@ def evaluate_latest(config: Any, workdir: str) -> dict[str, float]:
     metrics = run.evaluate()
     with open(os.path.join(workdir, f"eval_{run.iteration:06d}.json"), "w") as fh:
         json.dump(metrics, fh, indent=2)
+    if jax.process_index() == 0:  # per-split means ± s.e. over the eval prompts: eval_XXXXXX/report.{md,json}
+        write_report(os.path.join(workdir, f"eval_{run.iteration:06d}"), {f"step_{run.iteration}": run.evaluator.records})
     run.checkpoints.close()
     return metrics
 

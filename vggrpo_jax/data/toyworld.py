@@ -334,8 +334,16 @@ def _caption(scene: dict[str, np.ndarray], motion: str) -> str:
         verb = "slides" if len(movers) == 1 else "slide"
         text += "; the " + " and the ".join(movers) + f" {verb} across the floor"
     else:
-        text += "; nothing in the scene moves"
+        text += _STATIC_PHRASE
     return f"{text}. {_MOTION_PHRASES[motion]}."
+
+
+_STATIC_PHRASE = "; nothing in the scene moves"
+
+
+def caption_split(caption: str) -> str:
+    """"static" or "dynamic": whether a toyworld caption describes moving objects (read from ``_caption``'s text)."""
+    return "static" if _STATIC_PHRASE in caption else "dynamic"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def _per_sample_mse(pred: jax.Array, target: jax.Array) -> jax.Array:
@@ -82,4 +83,44 @@ def flow_dpo_objective(velocity: Callable[..., jax.Array], ref_velocity: Callabl
     return flow_dpo_loss(v[:b], v[b:], v_ref[:b], v_ref[b:], uw, ul, beta)
 
 
-__all__ = ["flow_dpo_loss", "flow_dpo_objective", "noised_pair"]
+# ------------------------------------------------------------------------------------------------ the update
+PolicyFn = Callable[[Any, Any, jax.Array, jax.Array, Any], jax.Array]  # (params, frozen, x, t, text) → v
+
+
+def sample_noise_and_sigma(key: jax.Array, shape: tuple[int, ...], sigmas: jax.Array):
+    """Shared noise ε (shape) and one σ per pair (shape[0],), uniform over the schedule's step starts
+    sigmas[:-1] (Wan's shifted schedule, as the DPO codes draw training timesteps from the sampler's), and the
+    integer timesteps int(σ·1000) the DiT is conditioned on."""
+    k_noise, k_sigma = jax.random.split(key)
+    starts = jnp.asarray(sigmas, jnp.float32)[:-1]
+    sigma = starts[jax.random.randint(k_sigma, (shape[0],), 0, starts.shape[0])]
+    t = jnp.trunc(sigma * 1000.0).astype(jnp.int32)  # rl.schedule.timesteps, traced
+    return jax.random.normal(k_noise, shape, jnp.float32), sigma, t
+
+
+def make_dpo_step(velocity: PolicyFn, ref_velocity: PolicyFn, optimizer: Any, *, beta: float, sigmas: Any):
+    """A jittable DPO update: step(params, opt_state, frozen, batch, key) → (params, opt_state, metrics).
+
+    batch: {"x0_w", "x0_l": (B, C, F, H, W) clean latents, "text": pytree with (B, ...) leaves}; key: this step's
+    randomness (derive it from (seed, step), e.g. fold_in, so a resumed run repeats). `velocity`/`ref_velocity`
+    have the Policy signature (params, frozen, x, t, text); `optimizer` an optax transformation (training/optim.py).
+    """
+    sigmas = jnp.asarray(sigmas, jnp.float32)
+
+    def step(params, opt_state, frozen, batch, key):
+        noise, sigma, t = sample_noise_and_sigma(key, batch["x0_w"].shape, sigmas)
+
+        def loss_fn(p):
+            return flow_dpo_objective(lambda x, tt, txt: velocity(p, frozen, x, tt, txt),
+                                      lambda x, tt, txt: ref_velocity(p, frozen, x, tt, txt),
+                                      batch["x0_w"], batch["x0_l"], noise, sigma, t, batch["text"], beta)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, metrics | {"grad_norm": optax.tree.norm(grads)}
+
+    return step
+
+
+__all__ = ["flow_dpo_loss", "flow_dpo_objective", "make_dpo_step", "noised_pair", "sample_noise_and_sigma"]
