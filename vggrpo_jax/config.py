@@ -17,6 +17,8 @@ from typing import Any, Iterable
 import ml_collections
 from ml_collections import ConfigDict
 
+from vggrpo_jax.geometry.zbuffer import ZBUFFER_METHODS
+
 NOISE_RULES = ("flow_grpo_wan", "sd3", "constant")
 DIT_PRESETS = ("wan21_1_3b", "wan22_ti2v_5b", "wan21_14b", "tiny", "tiny22")
 VAE_PRESETS = ("wan21", "wan22", "tiny21", "tiny22")
@@ -101,6 +103,7 @@ def base_config() -> ConfigDict:
             flow_threshold=0.01,  # dynamic: |flow| > threshold × median depth
             conf_quantile=0.1,  # drop the least confident 10% of points
             render_stride=1,
+            zbuffer="scatter",  # r_geo's z-buffer: "scatter" (CPU, GPU) or "sort" (no scatter: TPU); same reward
             adv_clip=5.0,
         )
     )
@@ -147,6 +150,7 @@ def validate(c: ConfigDict) -> ConfigDict:
     _choice(c, "dit.dtype", DTYPES)
     _choice(c, "dit.param_dtype", DTYPES)
     _choice(c, "dit.remat_policy", REMAT)
+    _choice(c, "rewards.zbuffer", ZBUFFER_METHODS)
     _choice(c, "dit.attention", ATTENTION)
     _choice(c, "vae.preset", VAE_PRESETS)
     _choice(c, "text.dtype", DTYPES)
