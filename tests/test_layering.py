@@ -14,14 +14,16 @@ PKG = "vggrpo_jax"
 # Lowest first. An entry names a top-level module or package of vggrpo_jax ("lgm") or a module in one
 # ("lgm.pipeline"); the longest matching entry places a module.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("checkpoint", "geometry", "parallel", "visualize", "zoo")),
+    ("errors", ("errors",)),
+    ("foundation", ("cli", "checkpoint", "geometry", "parallel", "visualize", "zoo", "shipped")),
     ("networks", ("models",)),
     ("numerics and infrastructure", ("convert", "rewards", "rl", "training")),
     ("config, data, policy, evaluation metrics", ("config", "data", "policy", "evaluation")),
-    ("LGM and preference data", ("lgm", "dpo")),
+    ("LGM, preference data, guidance", ("lgm", "dpo", "guidance")),
     ("backbones", ("backbones",)),
-    ("LGM job", ("lgm.pipeline",)),
+    ("training jobs", ("lgm.pipeline", "toy_vae", "geometry_model", "sft")),
     ("GRPO job", ("grpo",)),  # a toy GRPO run builds its LGM first
+    ("sampling", ("sampling", "guidance_aot")),
     ("entry points", ("train", "train_lgm", "evaluate", "train_vae", "train_geometry", "finetune", "sample")),
 ]
 

@@ -9,7 +9,9 @@ fails with a list of every missing / unexpected / mis-shaped key.
 from __future__ import annotations
 
 import argparse
+import sys
 
+from vggrpo_jax import cli
 from vggrpo_jax.checkpoint import save_params
 from vggrpo_jax.convert.common import open_state_dict
 from vggrpo_jax.convert.any4d import from_torch_state_dict
@@ -18,7 +20,7 @@ from vggrpo_jax.models.any4d.config import ANY4D_PRESETS
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # The converters' one flag scheme: --src, --dst, --preset, --dtype, --force (old spellings kept as aliases).
     parser.add_argument("--src", "--checkpoint", dest="src", required=True,
                         help="torch.save dict with the weights under ['model']")
@@ -28,10 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite --dst")
     args = parser.parse_args(argv)
     config = getattr(Any4DConfig, args.preset)()
-    params = from_torch_state_dict(open_state_dict(args.src, subkey="model"), config)
+    cli.require_new(args.dst, "--dst", args.force)
+    state = open_state_dict(cli.require_path(args.src, "--src"), subkey="model")
+    params = from_torch_state_dict(state, config)
     save_params(args.dst, params, force=args.force)
     print(f"wrote {args.dst}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

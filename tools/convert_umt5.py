@@ -10,7 +10,6 @@ the text-embedding cache). Fails, listing every missing/unexpected/mis-shaped ke
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import jax.numpy as jnp
@@ -19,7 +18,9 @@ DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from vggrpo_jax import cli  # noqa: PLC0415
+
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # The converters' one flag scheme: --src, --dst, --config, --dtype, --force (old spellings kept as aliases).
     parser.add_argument("--src", "--checkpoint", dest="src", required=True,
                         help="transformers dir / .safetensors / Wan .pth")
@@ -39,10 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     from vggrpo_jax.convert import umt5  # noqa: PLC0415 - keep --help fast
     from vggrpo_jax.models.umt5 import UMT5Config  # noqa: PLC0415
 
+    from vggrpo_jax import cli  # noqa: PLC0415
+
+    cli.require_path(args.src, "--src")
+    cli.require_new(args.dst, "--dst", args.force)
     config = None
     if args.config:
-        with open(args.config) as fh:
-            config = UMT5Config.from_hf_config(json.load(fh))
+        config = UMT5Config.from_hf_config(cli.read_json(args.config))
     model, fingerprint = umt5.load_encoder(args.src, config, dtype=DTYPES[args.dtype])
     umt5.save_converted(model, args.dst, fingerprint, force=args.force)
     cfg = model.config
@@ -54,4 +58,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vggrpo_jax import cli
+
+    sys.exit(cli.run(main))

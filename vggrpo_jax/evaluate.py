@@ -22,5 +22,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    from vggrpo_jax import cli  # noqa: PLC0415
+
     FLAGS_CONFIG, FLAGS_WORKDIR = define_flags()
-    app.run(main)
+    cli.run_absl(main)

@@ -1,2 +1,2 @@
-"""The DPO baselines (Epipolar-DPO, VideoGPA): preference-pair generation (resumable) and, on the training layer,
-the flow-matching DPO step. The loss itself is `rl.dpo`; the ranking scores are `evaluation`."""
+"""The DPO baselines (Epipolar-DPO, VideoGPA): resumable preference-pair generation (pairs.py) and the DPO training
+job core on the training layer (train.py). The loss and update are `rl.dpo`; the ranking scores are `evaluation`."""

@@ -31,11 +31,13 @@ from tqdm import tqdm
 
 from vggrpo_jax import backbones as build
 from vggrpo_jax import parallel, training
-from vggrpo_jax.config import validate
+from vggrpo_jax.config import validate, validate_topology
 from vggrpo_jax.data.pipeline import PromptBatches
+from vggrpo_jax.errors import ConfigError, PathNotFoundError
 from vggrpo_jax.evaluation import write_report
 from vggrpo_jax.grpo.evaluator import Evaluator
 from vggrpo_jax.grpo.trainer import GRPOTrainer, latent_shape
+from vggrpo_jax.training.guard import SkipGuard
 
 
 def _log(message: str) -> None:
@@ -68,8 +70,8 @@ def build_geometry(config: Any, workdir: str) -> tuple[Any, Any, Any]:
         if not os.path.isfile(os.path.join(path, "lgm.json")):
             pipeline.run(source, os.path.join(workdir, "lgm"))
     else:
-        raise ValueError("config.lgm.checkpoint is empty: give the LGM directory written by vggrpo_jax.train_lgm "
-                         "(or config.lgm.build_config to build one first)")
+        raise ConfigError("config.lgm.checkpoint is empty: give the LGM directory written by vggrpo_jax.train_lgm "
+                          "(or config.lgm.build_config to build one first)")
     vae = build.build_vae(source)
     any4d = build.build_any4d(source)
     return vae, any4d, load_lgm(path, any4d)
@@ -84,13 +86,7 @@ class Run:
         parallel.initialize_distributed(config.distributed)
         self.mesh = parallel.make_mesh(config.mesh)
         c = config
-        batch, shards = int(c.rl.prompts_per_batch) * int(c.rl.group_size), self._batch_shards()
-        micro = int(c.rl.micro_batch_size) or batch
-        if micro % shards:
-            raise ValueError(
-                f"rl.prompts_per_batch × rl.group_size = {batch} samples (micro-batches of {micro}) do not split over "
-                f"the {shards} batch shards (data × fsdp) of mesh {dict(self.mesh.shape)}: change the batch or the mesh"
-            )
+        validate_topology(c, dict(self.mesh.shape), jax.process_count())
 
         self.prompts = build.load_prompts(c)
         eval_set = build.load_prompts_with_splits(c, eval_split=True)[: int(c.eval.num_prompts)]
@@ -207,11 +203,13 @@ def train(config: Any, workdir: str) -> list[dict[str, float]]:
     )
     if run.evaluator is not None:
         loop.every(int(config.eval.every), lambda _: run.evaluate())
+    guard = SkipGuard(int(config.train.max_consecutive_skips))
     try:
         with loop:
             for it in loop:
                 metrics = run.step(loop.timer)
                 values = loop.step_done(it, metrics)
+                guard.update(it, metrics)  # the state of a skipped update is the previous, finite one
                 history.append({"step": it, **{k: v for k, v in values.items() if not k.startswith("perf/")}})
     finally:
         run.checkpoints.close()
@@ -223,9 +221,12 @@ def evaluate_latest(config: Any, workdir: str) -> dict[str, float]:
     """Evaluates the newest checkpoint of `workdir` (EMA adapters) and writes eval metrics, samples and the report
     `eval_XXXXXX/report.{md,json}` (per-split metrics; `tools/compare_reports.py` gives win rates between two)."""
     config = validate(config)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not (os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))):  # before building anything
+        raise PathNotFoundError(f"no checkpoint to evaluate in {ckpt_dir}")
     run = Run(config, workdir)
     if not run.restore():
-        raise FileNotFoundError(f"no checkpoint to evaluate in {workdir}/checkpoints")
+        raise PathNotFoundError(f"no checkpoint to evaluate in {workdir}/checkpoints")
     if run.evaluator is None:
         run.evaluator = run._make_evaluator()
     metrics = run.evaluate()

@@ -25,8 +25,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vggrpo_jax import rl, training
-from vggrpo_jax.parallel import constrain, mesh_context
 from vggrpo_jax.models.wan.vae_config import check_num_frames
+from vggrpo_jax.parallel import constrain, mesh_context, to_host
 from vggrpo_jax.policy import Policy
 from vggrpo_jax.rewards import RewardOptions, geometry_rewards, group_advantages
 
@@ -214,4 +214,4 @@ class GRPOTrainer:
         """The LGM rewards of latents z0 (B, C, F', H', W') per sample, and the LGM cameras "c2w" (B, N, 4, 4)."""
         with mesh_context(self.mesh):
             out = self._geometry_rewards(self.lgm_state, z0)
-        return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+        return to_host(out)  # gathered from every host when the batch spans several

@@ -37,6 +37,7 @@ class RewardOptions:
     dynamic_dilate: int = 1
     use_scene_flow: bool = True
     view_batch_size: Optional[int] = None
+    zbuffer: str = "scatter"
     # motion_smoothness
     eps: float = 1e-8
 
@@ -58,8 +59,14 @@ class RewardOptions:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in params}
 
 
-def geometry_rewards(geometry: SceneGeometry, options: RewardOptions) -> dict[str, jax.Array]:
-    """SceneGeometry with batch dim B → {"motion": (B,), "geo": (B,), "e_trans": (B,), "e_rot": (B,)} (float32)."""
+def geometry_rewards(geometry: SceneGeometry, options: RewardOptions | Any) -> dict[str, jax.Array]:
+    """SceneGeometry with batch dim B → {"motion": (B,), "geo": (B,), "e_trans": (B,), "e_rot": (B,)} (float32).
+
+    `options`: RewardOptions, or a config block of its fields (a GRPO `config.rewards`: weights and adv_clip, which
+    belong to the advantages, are skipped).
+    """
+    if not isinstance(options, RewardOptions):
+        options = RewardOptions.from_config(options, other_keys=("weights", "adv_clip"))
     motion = motion_smoothness(geometry.c2w, **options.kwargs_for(motion_smoothness))
     geo = reprojection_consistency(geometry, **options.kwargs_for(reprojection_consistency))
     return {"motion": motion.reward, "geo": geo.reward, "e_trans": motion.e_trans, "e_rot": motion.e_rot}

@@ -34,6 +34,7 @@ from vggrpo_jax.training.checkpoint import (
     Checkpointer,
     LayoutMismatchError,
     check_layout,
+    flatten,
     restore_params,
     save_params,
 )
@@ -43,5 +44,5 @@ from vggrpo_jax.training.optim import OptimConfig, make_optimizer, make_schedule
 
 __all__ = [
     "Checkpointer", "LayoutMismatchError", "MetricWriter", "OptimConfig", "StepTimer", "StopRequested", "TrainLoop",
-    "check_layout", "make_optimizer", "make_schedule", "read_metrics", "restore_params", "save_params",
+    "check_layout", "flatten", "make_optimizer", "make_schedule", "read_metrics", "restore_params", "save_params",
 ]
