@@ -255,10 +255,11 @@ def test_convert_any4d_truncated_pth_is_reported_once(capsys, tmp_path):
 
 
 def test_convert_any4d_and_umt5_missing_checkpoint(capsys, tmp_path):
-    line = _tool(capsys, "convert_any4d.py", ["--checkpoint", "/nonexistent.pth", "--out", str(tmp_path / "o")])
-    assert line == "error: --checkpoint /nonexistent.pth: no such path"
+    # The converters' one flag scheme: --src / --dst (the old --checkpoint / --out still parse).
+    line = _tool(capsys, "convert_any4d.py", ["--src", "/nonexistent.pth", "--dst", str(tmp_path / "o")])
+    assert line == "error: --src /nonexistent.pth: no such path"
     line = _tool(capsys, "convert_umt5.py", ["--checkpoint", "/nonexistent", "--out", str(tmp_path / "o")])
-    assert line == "error: --checkpoint /nonexistent: no such path"
+    assert line == "error: --src /nonexistent: no such path"
 
 
 def test_cache_text_embeddings_non_utf8_prompts(capsys, tmp_path):
