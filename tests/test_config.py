@@ -45,6 +45,7 @@ def test_unknown_key_fails_naming_it():
         ("dit.preset", "wan3", "dit.preset"),
         ("optim.lr", -1.0, "optim.lr=-1.0"),
         ("rl.micro_batch_size", 5, "rl.micro_batch_size=5: must divide"),
+        ("rewards.zbuffer", "atomic", "rewards.zbuffer=.atomic.: must be one of"),
     ],
 )
 def test_invalid_values_name_the_key(key, value, match):

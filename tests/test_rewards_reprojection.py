@@ -9,6 +9,7 @@ import pytest
 from vggrpo_jax.data.toyworld import ToyworldConfig, clip_geometry, render_clip
 from vggrpo_jax.geometry import SceneGeometry, pose_from_rotation_translation, so3_exp
 from vggrpo_jax.rewards import reprojection_consistency
+from vggrpo_jax.rewards.reprojection import _masked_quantile
 
 # Ground truth is not exactly 0: a z-buffer pixel takes the depth of whichever point lands anywhere inside it, not at
 # its centre, so the error is ~|∇D|·(sub-pixel offset), largest on grazing floor. On 64x64 toyworld clips it is
@@ -17,7 +18,7 @@ GT_BOUND = 0.04
 N, H, W = 9, 64, 64
 
 rc = jax.jit(reprojection_consistency, static_argnames=("top_k", "leave_one_out", "normalize", "stride",
-                                                         "flow_convention", "use_scene_flow"))
+                                                         "flow_convention", "use_scene_flow", "zbuffer"))
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +150,44 @@ def test_bad_inputs(static_geom):
         reprojection_consistency(static_geom, top_k=0)
     with pytest.raises(ValueError, match="top_k"):
         reprojection_consistency(static_geom, top_k=N + 1)
+
+
+@pytest.mark.parametrize("scene", ["static_conf", "dynamic_any4d", "corrupt_stride2"])
+def test_sort_zbuffer_gives_the_scatter_reward(static_geom, dynamic_clip, scene):
+    """The scatter-free z-buffer renders the same depth maps bit for bit, so every per-view error and the reward
+    agree (the Any4D case z-buffers the moving points for the dynamic masks too)."""
+    kw = {}
+    if scene == "static_conf":
+        g = static_geom.replace(conf=jnp.asarray(np.random.default_rng(0).uniform(1, 5, (N, H, W)), jnp.float32))
+    elif scene == "dynamic_any4d":
+        g = clip_geometry(dynamic_clip, "any4d")
+    else:
+        g, kw = static_geom.replace(depth=static_geom.depth.at[5].multiply(1.25)), {"stride": 2}
+    scatter, sort = rc(g, zbuffer="scatter", **kw), rc(g, zbuffer="sort", **kw)
+    np.testing.assert_array_equal(np.asarray(sort.num_valid), np.asarray(scatter.num_valid))
+    np.testing.assert_allclose(np.asarray(sort.per_view_error), np.asarray(scatter.per_view_error), rtol=1e-6)
+    np.testing.assert_allclose(float(sort.reward), float(scatter.reward), rtol=1e-6)
+    assert float(scatter.reward) < 0
+    with pytest.raises(ValueError, match="zbuffer"):
+        reprojection_consistency(g, zbuffer="atomic")
+
+
+def test_masked_quantile_matches_nanquantile():
+    """The sort-free selection behind the median normalisation and the confidence quantile."""
+    rng = np.random.default_rng(0)
+    quantile = jax.jit(_masked_quantile, static_argnums=2)
+    for trial in range(12):
+        n = int(rng.integers(1, 300))
+        x = (rng.normal(size=n) * 10.0 ** rng.uniform(-3, 3)).astype(np.float32)
+        if trial % 3 == 0:
+            x = np.round(x)  # ties
+        mask = rng.random(n) < (0.0 if trial == 5 else 0.7)
+        for q in (0.5, 0.1, 0.0, 1.0):
+            ref = float(jnp.nanquantile(jnp.where(mask, x, jnp.nan), q))
+            got = float(quantile(jnp.asarray(x), jnp.asarray(mask), q))
+            if not mask.any():
+                assert np.isnan(got) and np.isnan(ref)
+            else:
+                assert abs(got - ref) <= 1e-6 * np.abs(x).max(), (trial, q, got, ref)
+    g = jax.grad(lambda v: _masked_quantile(v, jnp.ones(5, bool), 0.5))(jnp.array([3.0, 1.0, 2.0, 5.0, 4.0]))
+    np.testing.assert_array_equal(np.asarray(g), [1.0, 0, 0, 0, 0])  # the median element gets the gradient

@@ -11,10 +11,13 @@ values with a message that names the key.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import ml_collections
 from ml_collections import ConfigDict
+
+from vggrpo_jax.geometry.zbuffer import ZBUFFER_METHODS
 
 NOISE_RULES = ("flow_grpo_wan", "sd3", "constant")
 DIT_PRESETS = ("wan21_1_3b", "wan22_ti2v_5b", "wan21_14b", "tiny", "tiny22")
@@ -100,6 +103,7 @@ def base_config() -> ConfigDict:
             flow_threshold=0.01,  # dynamic: |flow| > threshold × median depth
             conf_quantile=0.1,  # drop the least confident 10% of points
             render_stride=1,
+            zbuffer="scatter",  # r_geo's z-buffer: "scatter" (CPU, GPU) or "sort" (no scatter: TPU); same reward
             adv_clip=5.0,
         )
     )
@@ -107,6 +111,13 @@ def base_config() -> ConfigDict:
     c.ema = ConfigDict(dict(decay=0.9, every=8))
     c.train = ConfigDict(dict(num_iterations=1000, log_every=1, checkpoint_every=10, keep_checkpoints=3))
     c.eval = ConfigDict(dict(every=50, num_prompts=8, num_steps=50, write_videos=True, rgb_rewards=True))
+    # Test-time reward guidance of ODE sampling (`python -m vggrpo_jax.sample`; off at scale 0): at the steps in
+    # `steps`, v ← v − scale·g(σ)·clip(∇_x r(x̂0)), r = Σ weights·(LGM reward), x̂0 = x − σ·v (rl/reward_guidance.py).
+    # steps: "all", "0,5,10" or a slice "start:stop[:step]"; schedule: ratio σ/(1−σ) (the paper's t/(1−t)) |
+    # constant | sigma | one_minus_sigma; clip: per-sample gradient-norm clip (0: none); through_model: differentiate
+    # x̂0 through the DiT (False: ∇ w.r.t. x̂0 only, no DiT backward).
+    c.guidance = ConfigDict(dict(scale=0.0, steps="all", schedule="ratio", clip=1.0, through_model=True,
+                                 weights=ConfigDict(dict(motion=1.0, geo=1.0))))
     return c
 
 
@@ -139,6 +150,7 @@ def validate(c: ConfigDict) -> ConfigDict:
     _choice(c, "dit.dtype", DTYPES)
     _choice(c, "dit.param_dtype", DTYPES)
     _choice(c, "dit.remat_policy", REMAT)
+    _choice(c, "rewards.zbuffer", ZBUFFER_METHODS)
     _choice(c, "dit.attention", ATTENTION)
     _choice(c, "vae.preset", VAE_PRESETS)
     _choice(c, "text.dtype", DTYPES)
@@ -175,6 +187,31 @@ def validate(c: ConfigDict) -> ConfigDict:
         _fail("rewards.weights", weights, f"unknown rewards {sorted(unknown)}; known: motion, geo")
     if sum(weights.values()) <= 0 or any(w < 0 for w in weights.values()):
         _fail("rewards.weights", weights, "weights must be ≥ 0 with a positive sum")
+    validate_guidance(c)
+    return c
+
+
+def validate_guidance(c: ConfigDict, num_steps: int | None = None) -> ConfigDict:
+    """Checks config.guidance (and, given the sampler's step count, that guidance.steps lie within it)."""
+    from vggrpo_jax.rl.reward_guidance import SCHEDULES, parse_steps  # noqa: PLC0415
+
+    g = c.guidance
+    if not isinstance(g.scale, (int, float)) or not math.isfinite(g.scale) or g.scale < 0:
+        _fail("guidance.scale", g.scale, "must be a finite number ≥ 0 (0 turns guidance off)")
+    _choice(c, "guidance.schedule", SCHEDULES)
+    if not isinstance(g.clip, (int, float)) or not math.isfinite(g.clip) or g.clip < 0:
+        _fail("guidance.clip", g.clip, "must be a finite number ≥ 0 (0: no clipping)")
+    if not isinstance(g.through_model, bool):
+        _fail("guidance.through_model", g.through_model, "must be True or False")
+    weights = dict(g.weights)
+    unknown = set(weights) - {"motion", "geo"}
+    if unknown:
+        _fail("guidance.weights", weights, f"unknown rewards {sorted(unknown)}; known: motion, geo")
+    if any(not isinstance(w, (int, float)) or w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        _fail("guidance.weights", weights, "weights must be ≥ 0 with a positive sum")
+    if not isinstance(g.steps, str):
+        _fail("guidance.steps", g.steps, "must be a string: 'all', '0,5,10' or 'start:stop[:step]'")
+    parse_steps(g.steps, num_steps)  # the syntax; with num_steps also the range
     return c
 
 
@@ -188,4 +225,4 @@ def define_flags(default_config: str | None = None):
     return config, workdir
 
 
-__all__ = ["base_config", "validate", "define_flags", "ml_collections"]
+__all__ = ["base_config", "validate", "validate_guidance", "define_flags", "ml_collections"]

@@ -57,6 +57,7 @@ def geometry_rewards(geometry: Any, reward_config: Any) -> dict[str, jax.Array]:
         conf_quantile=float(reward_config.conf_quantile),
         flow_threshold=float(reward_config.flow_threshold),
         use_scene_flow=bool(reward_config.use_scene_flow),
+        zbuffer=str(reward_config.zbuffer),
     )
     return {"motion": motion.reward, "geo": geo.reward, "e_trans": motion.e_trans, "e_rot": motion.e_rot}
 

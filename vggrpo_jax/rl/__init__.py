@@ -17,6 +17,14 @@ from vggrpo_jax.rl.rollout import (
     ode_sample,
     rollout,
 )
+from vggrpo_jax.rl.reward_guidance import (
+    SCHEDULES,
+    GuidanceOptions,
+    GuidanceTrace,
+    parse_steps,
+    reward_guided_ode_sample,
+    schedule_weight,
+)
 from vggrpo_jax.rl.schedule import timesteps, wan_sigmas, wan_timesteps
 from vggrpo_jax.rl.sde import (
     NOISE_RULES,
@@ -43,6 +51,7 @@ __all__ = [
     "EmaConfig", "ema_decay", "ema_update",
     "GrpoConfig", "PolicyFn", "grpo_loss", "step_loss",
     "Trajectory", "VelocityFn", "branch_rollout", "guided_velocity", "make_rollout_fn", "num_train_steps", "ode_sample", "rollout",
+    "SCHEDULES", "GuidanceOptions", "GuidanceTrace", "parse_steps", "reward_guided_ode_sample", "schedule_weight",
     "timesteps", "wan_sigmas", "wan_timesteps",
     "NOISE_RULES", "NoiseRule", "gaussian_kl_same_std", "log_prob", "make_noise_rule", "noise_level", "ode_step",
     "sde_step", "sde_step_mean_std",

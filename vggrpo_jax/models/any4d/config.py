@@ -47,6 +47,7 @@ class Any4DConfig:
     dense_channels: int = 6  # rays (3) + log depth (1) + confidence (1) + mask logit (1)
     flow_channels: int = 3
     pose_resconv_blocks: int = 2
+    pose_head_dim: int = 0  # width of the pose head's 1×1 convs and MLP; 0 = the released 4·patch² (784)
     scale_hidden_dim: int = 196
     scale_mlp_layers: int = 2
     norm_eps: float = 1e-6
@@ -65,13 +66,15 @@ class Any4DConfig:
         if len(self.tap_layers) != 2 or not all(0 <= t < self.trunk_depth for t in self.tap_layers):
             raise ValueError(f"Any4DConfig.tap_layers must be two block indices in [0, {self.trunk_depth}), got "
                              f"{self.tap_layers}")
+        if self.pose_head_dim < 0:
+            raise ValueError(f"Any4DConfig.pose_head_dim must be >= 0 (0 = 4·patch²), got {self.pose_head_dim}")
         if tuple(sorted(self.tap_layers)) != tuple(self.tap_layers) or self.tap_layers[0] == self.tap_layers[1]:
             raise ValueError(f"Any4DConfig.tap_layers must be strictly increasing, got {self.tap_layers}")
 
     @property
     def pose_dim(self) -> int:
-        """Width of the pose head (4·patch², 784 for patch 14)."""
-        return 4 * self.patch_size**2
+        """Width of the pose head: `pose_head_dim`, or the released 4·patch² (784 for patch 14) when it is 0."""
+        return self.pose_head_dim or 4 * self.patch_size**2
 
     @classmethod
     def full(cls, **overrides: Any) -> "Any4DConfig":

@@ -1,0 +1,43 @@
+"""The toy text-to-video DiT (Wan architecture, small), pretrained by flow matching on toy-VAE latents of toyworld.
+
+    python -m vggrpo_jax.finetune --config=configs/dit_toy.py --workdir=/tmp/dit_toy
+
+Clips of zoo.VIDEO = 17×64×64 → latents of 5×8×8; the DiT sees 5×4×4 = 80 tokens. Full fine-tuning from a seeded
+random init (pretraining); the text encoder is the toy UMT5 with a sentencepiece tokenizer trained on the captions.
+"""
+
+from vggrpo_jax.sft.config import sft_base_config
+
+
+def get_config():
+    c = sft_base_config()
+    c.allow_random_init = True
+    c.mesh.fsdp = -1
+    c.dit.preset = "tiny"
+    c.dit.dtype = c.dit.param_dtype = "float32"
+    c.dit.remat_policy = "none"
+    c.dit.arch.num_attention_heads = 4
+    c.dit.arch.attention_head_dim = 16
+    c.dit.arch.ffn_dim = 256
+    c.dit.arch.num_layers = 4
+    c.dit.arch.freq_dim = 64
+    c.lora.rank = 0
+    c.finetune.mode = "full"
+    c.vae.preset = "tiny21"
+    c.text.max_length = 64
+    c.text.dtype = "float32"
+    c.text.toy_dim = 32
+    c.data.source = "toyworld"
+    c.data.num_train, c.data.num_heldout = 2048, 64
+    c.data.num_frames, c.data.height, c.data.width = 17, 64, 64
+    c.data.encode_batch = 8
+    c.optim.lr = 1e-3
+    c.optim.schedule = "cosine"
+    c.optim.warmup_steps = 200
+    c.optim.end_lr_fraction = 0.05
+    c.train.num_steps = 20000
+    c.train.batch_size = 16
+    c.train.checkpoint_every = 500
+    c.train.eval_every = 1000
+    c.train.eval_clips = 64
+    return c

@@ -1,0 +1,138 @@
+"""The toy geometry model's pieces: exact targets, Any4D-style losses, held-out metrics, export round trip."""
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+
+from vggrpo_jax.data import toyworld_tfds as T
+from vggrpo_jax.data.toyworld import ToyworldConfig, render_clip
+from vggrpo_jax.geometry.camera import camera_to_world
+from vggrpo_jax.geometry.rotation import rotation_to_quaternion, so3_exp
+from vggrpo_jax.geometry_model.data import build_cache, gather, sample_views
+from vggrpo_jax.geometry_model.evaluate import clip_metrics, prediction_geometry, target_geometry
+from vggrpo_jax.geometry_model.losses import geometry_loss
+from vggrpo_jax.geometry_model.targets import make_targets
+from vggrpo_jax.models.any4d import Any4DOutput
+
+F, H, W, HW = 9, 32, 32, (28, 28)  # small clips: 3 views at frames 0, 4, 8 of 28×28 (2×2 patches)
+SEEDS = (1, 2, 5)  # static smooth, dynamic smooth, dynamic jittered (toyworld_tfds.clip_spec)
+FRAMES = np.arange(0, F, 4)
+
+
+@pytest.fixture(scope="module")
+def cache():
+    base = ToyworldConfig(num_frames=F, height=H, width=W)
+    return build_cache([T.decode(T.render_record(s, base)) for s in SEEDS], HW)
+
+
+@pytest.fixture(scope="module")
+def targets(cache):
+    return make_targets(**gather(cache, np.arange(len(SEEDS)), np.tile(FRAMES, (len(SEEDS), 1))))
+
+
+def perfect_output(tgt, scale=2.5, rot_err=None, depth_factor=1.0) -> Any4DOutput:
+    """An Any4DOutput equal to the targets (metric scale `scale`), optionally with view 1 rotated by `rot_err`
+    (axis-angle) and every depth multiplied by `depth_factor`."""
+    c2w = tgt.c2w
+    if rot_err is not None:
+        c2w = c2w.at[:, 1, :3, :3].set(so3_exp(jnp.asarray(rot_err, jnp.float32)) @ c2w[:, 1, :3, :3])
+    depth = tgt.depth * depth_factor
+    pts_cam = tgt.rays * depth[..., None]
+    pts = camera_to_world(pts_cam, c2w[:, :, None, None]) * tgt.valid[..., None]
+    b = c2w.shape[0]
+    return Any4DOutput(
+        rays=tgt.rays, depth_along_ray=depth, depth_z=tgt.depth_z * depth_factor, pts3d_cam=pts_cam,
+        cam_quats=rotation_to_quaternion(c2w[..., :3, :3]), cam_trans=c2w[..., :3, 3], c2w=c2w, pts3d=pts,
+        scene_flow=tgt.flow, conf=jnp.ones_like(depth), mask=tgt.valid.astype(jnp.float32),
+        metric_scale=jnp.full((b,), scale))
+
+
+def test_targets_are_toyworlds_geometry_in_view0s_frame(cache, targets):
+    assert cache.video.shape == (3, F) + HW + (3,) and list(cache.is_dynamic) == [False, True, True]
+    assert cache.jitter[0] == 0 and cache.jitter[2] > 0
+    for i, seed in enumerate(SEEDS):
+        gt = render_clip(seed, config=T.clip_spec(seed).config(ToyworldConfig(num_frames=F, height=HW[0], width=HW[1])))
+        c0 = jnp.asarray(gt["c2w"][0])
+        world = camera_to_world(targets.points[i], c0[None, None, None])
+        valid = gt["valid"][FRAMES]
+        np.testing.assert_allclose(np.asarray(world)[valid], gt["points"][FRAMES][valid], atol=2e-5)
+        np.testing.assert_allclose(np.asarray(c0 @ targets.c2w[i]), gt["c2w"][FRAMES], atol=2e-5)
+        flow_world = np.einsum("ij,nhwj->nhwi", gt["c2w"][0][:3, :3], np.asarray(targets.flow[i]))
+        np.testing.assert_allclose(flow_world, gt["scene_flow"][FRAMES], atol=1e-6)
+        assert bool(np.asarray(targets.dynamic[i]).any()) == (i > 0)
+    np.testing.assert_allclose(np.asarray(targets.c2w[:, 0]), np.broadcast_to(np.eye(4), (3, 4, 4)), atol=1e-6)
+
+
+def test_sampled_views_are_deterministic_and_in_range(cache):
+    a, b = sample_views(cache, 0, 7, 4, 3), sample_views(cache, 0, 7, 4, 3)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    c = sample_views(cache, 0, 8, 4, 3)
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
+    assert np.all(np.abs(a["frame_offsets"][:, -1]) <= F - 1) and np.all(a["frame_offsets"][:, 0] == 0)
+
+
+def test_loss_vanishes_on_the_ground_truth_at_any_metric_scale(targets):
+    for scale in (0.3, 2.5):
+        loss, terms = geometry_loss(perfect_output(targets, scale), targets)
+        for k, v in terms.items():
+            assert abs(float(v)) < 2e-4, (scale, k, float(v))
+
+
+def test_loss_sees_rotation_depth_and_flow_errors(targets):
+    _, ok = geometry_loss(perfect_output(targets), targets)
+    _, rot = geometry_loss(perfect_output(targets, rot_err=[0.0, np.deg2rad(5.0), 0.0]), targets)
+    assert float(rot["rot"]) > 0.01 and float(rot["points"]) > 0.01 and float(rot["depth"]) < 0.1 * float(rot["points"])
+    _, deep = geometry_loss(perfect_output(targets, depth_factor=1.1), targets)
+    assert float(deep["depth"]) > 0.005 or float(deep["points"]) > 0.005
+    out = perfect_output(targets)
+    _, flow = geometry_loss(out.replace(scene_flow=out.scene_flow + 0.05), targets)
+    assert float(flow["flow"]) > 10 * float(ok["flow"]) + 0.01
+
+
+def test_clip_metrics_zero_for_truth_and_exact_for_a_known_rotation(targets):
+    perfect = jax.device_get(clip_metrics(perfect_output(targets), targets))
+    for k in ("rot_deg", "tdir_deg", "depth_absrel", "depth_absrel_aligned", "flow_epe"):
+        assert np.all(perfect[k] < 1e-2), (k, perfect[k])
+    assert np.all(perfect["mask_acc"] == 1.0)
+    m = jax.device_get(clip_metrics(perfect_output(targets, rot_err=[0.0, 0.0, np.deg2rad(6.0)]), targets))
+    # view 1 of 3 rotated by 6°: two of the three pairs carry the 6° error
+    np.testing.assert_allclose(m["rot_deg"], 4.0, atol=0.05)
+    d = jax.device_get(clip_metrics(perfect_output(targets, depth_factor=1.2), targets))
+    np.testing.assert_allclose(d["depth_absrel"], 0.2, atol=1e-4)
+    assert np.all(d["depth_absrel_aligned"] < 1e-4)
+
+
+def test_prediction_geometry_drops_the_ambiguous_pixels(targets):
+    out = perfect_output(targets)
+    g = prediction_geometry(out, 0.5)
+    assert np.all((np.asarray(g.depth) > 0) == np.asarray(targets.valid))
+    g_all = prediction_geometry(out.replace(depth_z=out.depth_z + 1.0), None)
+    assert np.all(np.asarray(g_all.depth) > 0)
+    t = target_geometry(targets).validate()
+    assert t.depth.shape == targets.depth.shape
+
+
+def test_export_round_trip_and_sha_check(tmp_path):
+    from vggrpo_jax.geometry_model.export import load_model, save_model
+    from vggrpo_jax.lgm.host_init import random_any4d
+    from vggrpo_jax.models.any4d import Any4DConfig
+
+    fields = dict(encoder_dim=24, encoder_depth=1, encoder_heads=2, pos_grid=2, trunk_dim=16, trunk_depth=2,
+                  trunk_heads=2, tap_layers=(0, 1), dpt_feature_dim=8, dpt_layer_dims=(4, 8, 8, 8), pose_head_dim=8,
+                  scale_hidden_dim=8)
+    model = random_any4d(Any4DConfig(**fields), 3)
+    d = str(tmp_path / "geo")
+    manifest = save_model(d, model, fields, {"steps": 0})
+    assert manifest["bytes"] > 0 and len(manifest["sha256"]) == 64
+    back = load_model(d)
+    x = jax.random.uniform(jax.random.key(0), (1, 2, 3, 28, 28))
+    np.testing.assert_array_equal(np.asarray(model(x).depth_z), np.asarray(back(x).depth_z))
+    with open(f"{d}/model.safetensors", "r+b") as f:  # one flipped byte in the payload
+        f.seek(-3, 2)
+        b = f.read(1)
+        f.seek(-3, 2)
+        f.write(bytes([b[0] ^ 1]))
+    with pytest.raises(ValueError, match="sha256"):
+        load_model(d)
