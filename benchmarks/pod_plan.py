@@ -99,6 +99,8 @@ def table(results: dict[str, dict], cases: dict[str, dict]) -> str:
         r = results[name]
         model = f"{case['model']} @ {case['frames']}×{case['height']}×{case['width']}"
         mesh = "×".join(f"{k}={v}" for k, v in case["mesh"].items())
+        if "rl.micro_batch_size" in case["extra"]:
+            mesh += f", micro-batch {case['extra']['rl.micro_batch_size']}"
         if "error" in r:
             lines.append(f"| {model} | {case['pod']} | {mesh} | {case['remat']} | {case['prompts'] * 4} | | "
                          f"did not compile: {r['error'][:120]} | | | | |")
