@@ -5,7 +5,7 @@
     python benchmarks/pod_plan.py --cases wan21-v5e8-fsdp  # only some (comma list of names)
     python benchmarks/pod_plan.py --list
 
-Each case compiles the trainer's three jitted stages (rollout, LGM rewards, update; vggrpo_jax/trainer_aot.py) on
+Each case compiles the trainer's three jitted stages (rollout, LGM rewards, update; vggrpo_jax/grpo/aot.py) on
 abstract shapes for a simulated mesh of CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=D, set in a
 fresh subprocess per case because the device count is fixed at JAX start-up) and records the per-device peak of each
 stage (arguments + outputs + temporaries − aliased, from memory_analysis()). Results are cached in --cache (JSON, one
