@@ -50,6 +50,8 @@ setup(
     version="0.1.0",
     description=__doc__,
     packages=find_packages(include=["vggrpo_jax", "vggrpo_jax.*"]),
+    # The zoo's shipped weights and manifests (vggrpo_jax/zoo/weights/<name>/), so a fresh install loads them.
+    package_data={"vggrpo_jax.zoo": ["weights/*/*.safetensors", "weights/*/*.json"]},
     python_requires=">=3.10",
     install_requires=INSTALL,
     extras_require=EXTRAS,

@@ -3,6 +3,8 @@
 
     python benchmarks/vae_train_step.py               # the sizing table (widths × crops) + the speed options
     python benchmarks/vae_train_step.py --quick       # fewer variants
+    python benchmarks/vae_train_step.py --conv        # one 3×3×3 causal conv (16 → 16 ch, 8 × 6 × 32 × 32),
+                                                      # fwd + bwd, per formulation × XLA flag set (compiles in s)
 
 One step = encode → reparameterized sample → decode → L1 + MSE + KL → grad → Adam update, jitted with donation, as
 the toy VAE job runs it. Each variant runs in its own process (XLA flags are read once per process), one after the
@@ -129,16 +131,87 @@ def _child(spec: dict, steps: int) -> dict:
                 loss=float(loss))
 
 
+CONV_FLAGS = ("", "--xla_cpu_use_xnnpack=true", "--xla_cpu_use_onednn=true", "--xla_cpu_enable_fast_math=true")
+
+
+def _conv_child(rounds: int = 5) -> dict[str, float]:
+    """Median fwd+bwd seconds of one 3×3×3 conv layer in each formulation, interleaved over `rounds`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    b, t, h, w, c, o = 8, 6, 32, 32, 16, 16
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((b, t, h, w, c), np.float32))
+    k = jnp.asarray(rng.random((3, 3, 3, c, o), np.float32) * 0.1)
+    dn2, dn3 = ("NHWC", "HWIO", "NHWC"), ("NDHWC", "DHWIO", "NDHWC")
+
+    def f2d(x, k):
+        return sum(jax.lax.conv_general_dilated(x[:, i : i + t - 2].reshape(-1, h, w, c), k[i], (1, 1),
+                                                ((1, 1), (1, 1)), dimension_numbers=dn2) for i in range(3))
+
+    def ftaps(x, k):
+        xs = jnp.concatenate([x[:, i : i + t - 2] for i in range(3)], -1).reshape(-1, h, w, 3 * c)
+        k2 = jnp.transpose(k, (1, 2, 0, 3, 4)).reshape(3, 3, 3 * c, o)
+        return jax.lax.conv_general_dilated(xs, k2, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn2)
+
+    def f3d(x, k):
+        return jax.lax.conv_general_dilated(x, k, (1, 1, 1), ((0, 0), (1, 1), (1, 1)), dimension_numbers=dn3)
+
+    def fim2col(x, k):
+        xp = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
+        cols = [xp[:, a : a + t - 2, i : i + h, j : j + w] for a in range(3) for i in range(3) for j in range(3)]
+        return jnp.concatenate(cols, -1).reshape(-1, 27 * c) @ k.reshape(27 * c, o)
+
+    fns = {"2d (model)": f2d, "taps": ftaps, "3d": f3d, "im2col": fim2col}
+    grads = {n: jax.jit(jax.value_and_grad(lambda x, k, f=f: jnp.sum(f(x, k) ** 2), argnums=(0, 1)))
+             for n, f in fns.items()}
+    for g in grads.values():
+        jax.block_until_ready(g(x, k))
+    times: dict[str, list[float]] = {n: [] for n in grads}
+    for _ in range(rounds):
+        for n, g in grads.items():
+            t0 = time.perf_counter()
+            for _ in range(3):
+                jax.block_until_ready(g(x, k))
+            times[n].append((time.perf_counter() - t0) / 3)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def _conv_table(env: dict) -> None:
+    base = None
+    print(f"{'XLA flags':36s} {'formulation':12s} {'ms fwd+bwd':>10s}  vs model's 2d, no flags")
+    for flags in CONV_FLAGS:
+        proc = subprocess.run([sys.executable, __file__, "--conv-one"], capture_output=True, text=True,
+                              env=dict(env, XLA_FLAGS=flags))
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(f"{flags or '(none)':36s} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:80]}")
+            continue
+        r = json.loads(line[0][7:])
+        base = base or r["2d (model)"]
+        for n, sec in r.items():
+            print(f"{flags or '(none)':36s} {n:12s} {sec * 1e3:10.1f}  {base / sec:.2f}×", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--conv", action="store_true", help="the per-layer conv table instead of the train steps")
     p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--conv-one", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print("RESULT " + json.dumps(_child(json.loads(args.one), args.steps)))
         return
+    if args.conv_one:
+        print("RESULT " + json.dumps(_conv_child()))
+        return
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
+    if args.conv:
+        _conv_table(env)
+        return
     results: dict[str, dict] = {}
     print(f"{'variant':40s} {'params':>8s} {'s/step':>8s} {'min':>7s} {'crops/s':>8s} {'compile':>8s}  vs baseline")
     for name, over, ref in _variants(args.quick):

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
 # The test command: CPU only, 8 simulated devices (set in tests/conftest.py), two workers.
+# Tests marked `slow` (subprocess CLI runs, multi-process jobs) are deselected; VGGRPO_TEST_MARK= runs everything,
+# VGGRPO_TEST_MARK=slow only those.
 set -euo pipefail
-exec python -m pytest -n 2 -q tests "$@"
+exec python -m pytest -n 2 -q -m "${VGGRPO_TEST_MARK-not slow}" tests "$@"

@@ -18,3 +18,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_configure(config):
+    # `slow`: subprocess CLI runs and multi-process jobs. scripts/test.sh (CI) deselects them; run them with
+    # `VGGRPO_TEST_MARK= bash scripts/test.sh` (everything) or `python -m pytest -m slow tests`.
+    config.addinivalue_line("markers", "slow: slow test (subprocesses, multi-process runs); deselected by scripts/test.sh")

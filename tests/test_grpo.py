@@ -22,6 +22,7 @@ from vggrpo_jax.rl import (
     grpo_loss,
     init_train_state,
     make_noise_rule,
+    make_optimizer,
     make_rollout_fn,
     make_train_step,
     wan_sigmas,
@@ -248,6 +249,23 @@ def test_nonfinite_guard_skips_update(batch, train_setup):
     new, m = step(state, frozen, traj, adv, cond, uncond, rewards)
     assert float(m["skipped"]) == 0.0 and int(new.step) == 1 and int(new.num_skipped) == 0
     assert float(jnp.max(jnp.abs(new.params["lora_b"] - state.params["lora_b"]))) > 0
+
+
+def test_nonfinite_update_result_is_skipped(batch):
+    """Finite inputs, loss and gradients, but a NaN learning rate: the new parameters would be NaN, so the update is
+    skipped and the state (parameters, Adam moments, EMA) stays finite and unchanged."""
+    trainable, frozen, traj, adv, cond, uncond = batch
+    update = UpdateConfig(num_micro_batches=2, max_grad_norm=1e-3, ema=EmaConfig(max_decay=0.9, every=1))
+    optimizer = make_optimizer(float("nan"))
+    state = init_train_state(trainable, optimizer, ema=True)
+    step = make_train_step(policy_fn, reference_fn, optimizer, config(), update)
+    new, m = step(state, frozen, traj, adv, cond, uncond, reward_fn(traj.z0))
+    assert float(m["skipped"]) == 1.0 and float(m["nonfinite_update"]) == 1.0
+    assert float(m["nonfinite_loss"]) == float(m["nonfinite_grad"]) == float(m["nonfinite_inputs"]) == 0.0
+    assert int(new.step) == 0 and int(new.num_skipped) == 1
+    for a, b in zip(jax.tree.leaves((new.params, new.opt_state, new.ema_params)),
+                    jax.tree.leaves((state.params, state.opt_state, state.ema_params))):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_ema_schedule():

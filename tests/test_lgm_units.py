@@ -235,7 +235,7 @@ def test_calibration_sources(tmp_path):
     np.savez(gen_dir / "s1.npz", video=np.zeros((3, 9, 32, 48), np.float32))
     gen = GeneratedClips(str(gen_dir))
     assert gen[0]["latents"].shape == (16, 3, 4, 6) and "video" not in gen[0]
-    with pytest.raises(KeyError, match="latents"):
+    with pytest.raises(ValueError, match="latents"):
         gen[1]
     train, held = split_heldout(Concat([real, gen]), 0.4)
     assert (len(train), len(held)) == (3, 2)

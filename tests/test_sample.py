@@ -166,12 +166,16 @@ def test_guidance_sweep_tool_writes_metrics_plot_and_cost(lgm_dir, tmp_path):
     finally:
         sys.path.pop(0)
     config = _config(lgm_dir)
+    # Guide r_motion on the last step (the unfitted LGM's r_geo is −inf on these samples) with the gradient taken
+    # at x̂0 (through_model=False): then z0 = x̂0 + σ·s·g·clip(∇r), a small step up r_motion for every sample.
     config.guidance.steps = "1"
-    config.guidance.weights.geo = 0.0  # the unfitted LGM's r_geo is −inf on these samples: guide r_motion
+    config.guidance.weights.geo = 0.0
+    config.guidance.through_model = False
     out = tmp_path / "sweep"
-    result = sweep(config, str(tmp_path / "run"), str(out), ["base"], [0.0, 2.0], num_prompts=8, num_steps=2, seed=3)
-    assert set(result["summary"]) == {"base@s=0", "base@s=2"}
-    assert result["cost_vs_unguided"]["base@s=0"] == 1.0 and result["seconds_per_sample"]["base@s=2"] > 0
+    result = sweep(config, str(tmp_path / "run"), str(out), ["base"], [0.0, 0.05], num_prompts=8, num_steps=2,
+                   seed=3)
+    assert set(result["summary"]) == {"base@s=0", "base@s=0.05"}
+    assert result["cost_vs_unguided"]["base@s=0"] == 1.0 and result["seconds_per_sample"]["base@s=0.05"] > 0
     rows = [json.loads(line) for line in open(out / "records.jsonl")]
     assert len(rows) == 16 and [r["seed"] for r in rows[:8]] == list(range(8))
     for r in rows:
@@ -179,6 +183,8 @@ def test_guidance_sweep_tool_writes_metrics_plot_and_cost(lgm_dir, tmp_path):
                 *MANIFOLD} <= set(r)
     # Same prompts and noise in both settings; guidance changed the samples.
     assert [r["prompt"] for r in rows[:8]] == [r["prompt"] for r in rows[8:]]
-    assert any(a["latent_std"] != b["latent_std"] for a, b in zip(rows[:8], rows[8:]))
+    assert all(a["guidance_skipped_steps"] == 0 for a in rows)
+    gains = [b["latent_motion"] - a["latent_motion"] for a, b in zip(rows[:8], rows[8:])]
+    assert all(g > 0 for g in gains), gains
     for name in ("sweep.png", "sweep.md", "sweep.json", "report.md", "report.json"):
         assert (out / name).stat().st_size > 0

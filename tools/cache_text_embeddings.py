@@ -19,7 +19,9 @@ DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from vggrpo_jax import cli  # noqa: PLC0415
+
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", required=True, help=".txt (one per line) or .jsonl prompt file")
     parser.add_argument("--tokenizer", required=True, help="local tokenizer directory")
     parser.add_argument("--encoder", required=True, help="converted orbax dir or PyTorch checkpoint")
@@ -31,10 +33,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from vggrpo_jax import cli  # noqa: PLC0415
     from vggrpo_jax.data.prompts import read_prompts  # noqa: PLC0415
     from vggrpo_jax.data.text import text_encoder_from_paths  # noqa: PLC0415
 
     prompts = [p.text for p in read_prompts(args.prompts)]
+    cli.require_path(args.tokenizer, "--tokenizer")
+    cli.require_path(args.encoder, "--encoder")
     encoder = text_encoder_from_paths(
         args.tokenizer,
         args.encoder,
@@ -55,4 +60,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vggrpo_jax import cli
+
+    sys.exit(cli.run(main))

@@ -11,28 +11,28 @@ for every checkpoint and each one's win rates against the baseline with 95% boot
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from vggrpo_jax import cli
+from vggrpo_jax.errors import InputError, read_json
 from vggrpo_jax.evaluation import write_report
 
 
 def load_records(path: str) -> list[dict]:
     """The per-sample records of a single-checkpoint report.json."""
-    with open(path) as fh:
-        report = json.load(fh)
-    if "records" not in report or len(report["records"]) != 1:
-        raise ValueError(f"{path}: expected a report.json of one checkpoint (with 'records'), got keys "
+    report = read_json(path)
+    if not isinstance(report, dict) or "records" not in report or len(report["records"]) != 1:
+        raise InputError(f"{path}: expected a report.json of one checkpoint (with 'records'), got keys "
                          f"{sorted(report.get('records', report))}")
     records = next(iter(report["records"].values()))
     seeds = {r.get("noise_seed") for r in records}
     if len(seeds) > 1:
-        raise ValueError(f"{path}: records drawn with several eval noise seeds {sorted(seeds)}")
+        raise InputError(f"{path}: records drawn with several eval noise seeds {sorted(seeds)}")
     return records
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output directory for report.md / report.json")
     parser.add_argument("reports", nargs="+", help="NAME=path/to/report.json; the first is the baseline")
     args = parser.parse_args(argv)
@@ -56,4 +56,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

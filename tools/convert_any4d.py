@@ -9,7 +9,9 @@ fails with a list of every missing / unexpected / mis-shaped key.
 from __future__ import annotations
 
 import argparse
+import sys
 
+from vggrpo_jax import cli
 from vggrpo_jax.checkpoint import save_params
 from vggrpo_jax.convert.common import open_state_dict
 from vggrpo_jax.convert.any4d import from_torch_state_dict
@@ -17,17 +19,19 @@ from vggrpo_jax.models.any4d import Any4DConfig
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="torch.save dict with the weights under ['model']")
     parser.add_argument("--out", required=True, help="output orbax directory")
     parser.add_argument("--config", choices=("full", "tiny"), default="full")
     parser.add_argument("--force", action="store_true", help="overwrite --out")
     args = parser.parse_args(argv)
     config = Any4DConfig.full() if args.config == "full" else Any4DConfig.tiny()
-    params = from_torch_state_dict(open_state_dict(args.checkpoint, subkey="model"), config)
+    cli.require_new(args.out, "--out", args.force)
+    state = open_state_dict(cli.require_path(args.checkpoint, "--checkpoint"), subkey="model")
+    params = from_torch_state_dict(state, config)
     save_params(args.out, params, force=args.force)
     print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

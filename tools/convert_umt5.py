@@ -10,7 +10,6 @@ the text-embedding cache). Fails, listing every missing/unexpected/mis-shaped ke
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import jax.numpy as jnp
@@ -19,7 +18,9 @@ DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from vggrpo_jax import cli  # noqa: PLC0415
+
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="transformers dir / .safetensors / Wan .pth")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument(
@@ -37,10 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     from vggrpo_jax.convert import umt5  # noqa: PLC0415 - keep --help fast
     from vggrpo_jax.models.umt5 import UMT5Config  # noqa: PLC0415
 
+    from vggrpo_jax import cli  # noqa: PLC0415
+
+    cli.require_path(args.checkpoint, "--checkpoint")
+    cli.require_new(args.out, "--out", args.force)
     config = None
     if args.config:
-        with open(args.config) as fh:
-            config = UMT5Config.from_hf_config(json.load(fh))
+        config = UMT5Config.from_hf_config(cli.read_json(args.config))
     model, fingerprint = umt5.load_encoder(args.checkpoint, config, dtype=DTYPES[args.dtype])
     umt5.save_converted(model, args.out, fingerprint, force=args.force)
     cfg = model.config
@@ -52,4 +56,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vggrpo_jax import cli
+
+    sys.exit(cli.run(main))

@@ -22,8 +22,10 @@ import sys
 import jax.numpy as jnp
 from flax import nnx
 
+from vggrpo_jax import cli
 from vggrpo_jax.checkpoint import save_params
 from vggrpo_jax.convert.wan_transformer import from_torch_state_dict
+from vggrpo_jax.errors import PathNotFoundError
 from vggrpo_jax.models.wan import WanConfig
 
 _DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
@@ -39,20 +41,18 @@ def _source(src: str) -> str:
 def _config(args: argparse.Namespace, src: str, dtype) -> WanConfig:
     runtime = dict(param_dtype=dtype, lora_rank=0)
     if args.config:
-        with open(args.config) as fh:
-            return WanConfig.from_json_dict(json.load(fh), **runtime)
+        return WanConfig.from_json_dict(cli.read_json(args.config), **runtime)
     if args.preset:
         return WanConfig.preset(args.preset, **runtime)
     folder = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
     path = os.path.join(folder, "config.json")
     if not os.path.exists(path):
-        raise SystemExit(f"{args.src}: no config.json found; pass --preset {'|'.join(_PRESETS)} or --config")
-    with open(path) as fh:
-        return WanConfig.from_json_dict(json.load(fh), **runtime)
+        raise PathNotFoundError(f"{args.src}: no config.json found; pass --preset {'|'.join(_PRESETS)} or --config")
+    return WanConfig.from_json_dict(cli.read_json(path), **runtime)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", required=True, help="diffusers transformer dir / pipeline root / .safetensors / .pth")
     parser.add_argument("--dst", required=True, help="output orbax directory")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(_DTYPES), help="parameter dtype")
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="overwrite --dst")
     args = parser.parse_args(argv)
 
-    src = _source(args.src)
+    src = _source(cli.require_path(args.src, "--src"))
+    cli.require_new(args.dst, "--dst", args.force)
     dtype = _DTYPES[args.dtype]
     config = _config(args, src, dtype)
     model = from_torch_state_dict(src, config, dtype=dtype)
@@ -75,4 +76,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

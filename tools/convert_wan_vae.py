@@ -20,8 +20,10 @@ import sys
 import jax.numpy as jnp
 from flax import nnx
 
+from vggrpo_jax import cli
 from vggrpo_jax.checkpoint import save_params
 from vggrpo_jax.convert.wan_vae import from_torch_state_dict, load_config
+from vggrpo_jax.errors import PathNotFoundError
 from vggrpo_jax.models.wan.vae import WanVAEConfig
 
 _DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
@@ -37,11 +39,11 @@ def _config(args: argparse.Namespace) -> WanVAEConfig:
     try:
         return load_config(src)
     except FileNotFoundError:
-        raise SystemExit(f"{args.src}: no config.json found; pass --variant wan21|wan22 or --config") from None
+        raise PathNotFoundError(f"{args.src}: no config.json found; pass --variant wan21|wan22 or --config") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", required=True, help="diffusers VAE dir / pipeline root / .safetensors / original .pth")
     parser.add_argument("--dst", required=True, help="output orbax directory")
     parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES), help="parameter dtype (default fp32)")
@@ -50,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="overwrite --dst")
     args = parser.parse_args(argv)
 
+    cli.require_path(args.src, "--src")
+    cli.require_new(args.dst, "--dst", args.force)
     config = _config(args)
     model = from_torch_state_dict(args.src, config, dtype=_DTYPES[args.dtype])
     save_params(args.dst, nnx.state(model, nnx.Param), force=args.force)
@@ -61,4 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from vggrpo_jax.checkpoint import restore_params
 from vggrpo_jax.data.prompts import read_prompts
+from vggrpo_jax.errors import ConfigError, PathNotFoundError
 from vggrpo_jax.lgm.host_init import random_any4d, random_init
 from vggrpo_jax.models.any4d import Any4D, Any4DConfig
 from vggrpo_jax.models.lora import LoRAParam
@@ -30,9 +31,9 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def _require(path: str, key: str, what: str) -> str:
     if not path:
-        raise ValueError(f"config.{key} is empty: give the {what} (or set config.allow_random_init=True for a toy run)")
+        raise ConfigError(f"config.{key} is empty: give the {what} (or set config.allow_random_init=True for a toy run)")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"config.{key}={path!r} does not exist")
+        raise PathNotFoundError(f"config.{key}={path!r}: no such path")
     return path
 
 
@@ -55,13 +56,13 @@ def load_prompts_with_splits(config: Any, eval_split: bool = False) -> list[tupl
         n = int(config.prompts.toyworld_count)
         return [(p, caption_split(p)) for p in make_prompts(n, seed=int(config.seed) + (1 if eval_split else 0))]
     if not path:
-        raise ValueError("config.prompts.path is empty: give a prompt file (.txt, one per line, or .jsonl)")
+        raise ConfigError("config.prompts.path is empty: give a prompt file (.txt, one per line, or .jsonl)")
     prompts = read_prompts(path)
     split = config.prompts.split
     if split != "all":
         prompts = [p for p in prompts if p.split == split]
         if not prompts:
-            raise ValueError(f"{path}: no prompt has split {split!r} (config.prompts.split)")
+            raise ConfigError(f"{path}: no prompt has split {split!r} (config.prompts.split)")
     return [(p.text, p.split or "unsplit") for p in prompts]
 
 
@@ -74,6 +75,10 @@ def _toy_tokenizer(workdir: str, corpus: Sequence[str]) -> Any:
     out = os.path.join(workdir, "toy_tokenizer")
     if not os.path.isdir(out) and jax.process_index() == 0:
         train_sentencepiece_tokenizer(list(corpus) + [""], out, vocab_size=96)
+    if jax.process_count() > 1:  # the other hosts read what process 0 wrote (workdir is shared)
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices("vggrpo_toy_tokenizer")
     return load_tokenizer(out)
 
 
@@ -104,7 +109,7 @@ def build_policy(config: Any, mesh: Mesh | None, text_dim: int, latent_channels:
     if config.dit.checkpoint or not config.allow_random_init:
         wcfg = wan_config_from(config)
         if wcfg.text_dim != text_dim or wcfg.in_channels != latent_channels:
-            raise ValueError(
+            raise ConfigError(
                 f"DiT preset {config.dit.preset!r} expects text_dim {wcfg.text_dim} and {wcfg.in_channels} latent "
                 f"channels, but the text encoder gives {text_dim} and the VAE {latent_channels}"
             )
@@ -141,7 +146,7 @@ def build_vae(c: Any) -> WanVAE:
     if not path:
         return random_init(lambda: WanVAE(cfg, nnx.Rngs(0)), c.seed)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"config.vae.checkpoint={path!r} does not exist")
+        raise PathNotFoundError(f"config.vae.checkpoint={path!r}: no such path")
     abstract = nnx.eval_shape(lambda: WanVAE(cfg, nnx.Rngs(0)))
     if _is_orbax_dir(path):
         graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
@@ -160,7 +165,7 @@ def build_any4d(c: Any) -> Any4D:
     if not path:
         return random_any4d(cfg, c.seed + 1)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"config.any4d.checkpoint={path!r} does not exist")
+        raise PathNotFoundError(f"config.any4d.checkpoint={path!r}: no such path")
     if os.path.isfile(path):
         from vggrpo_jax.convert.any4d import load_any4d  # noqa: PLC0415
 
@@ -177,7 +182,7 @@ def load_config_file(path: str) -> Any:
     import importlib.util  # noqa: PLC0415
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist")
+        raise PathNotFoundError(f"config file {path!r}: no such file")
     spec = importlib.util.spec_from_file_location("_vggrpo_config_file", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -207,7 +212,7 @@ def build_geometry(config: Any, workdir: str) -> tuple[Any, Any, Any]:
         if not os.path.isfile(os.path.join(path, "lgm.json")):
             train_lgm.run(source, os.path.join(workdir, "lgm"))
     else:
-        raise ValueError("config.lgm.checkpoint is empty: give the LGM directory written by vggrpo_jax.train_lgm "
+        raise ConfigError("config.lgm.checkpoint is empty: give the LGM directory written by vggrpo_jax.train_lgm "
                          "(or config.lgm.build_config to build one first)")
     vae = build_vae(source)
     any4d = build_any4d(source)

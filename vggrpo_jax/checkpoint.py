@@ -38,7 +38,10 @@ def restore_params(path: str, abstract_state: nnx.State, shardings: Any = None) 
         shard_pure = nnx.to_pure_dict(shardings) if isinstance(shardings, nnx.State) else shardings
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), pure, shard_pure)
     else:
-        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), pure)
+        # On this host's first device: without a target sharding orbax would reuse the devices recorded at save time,
+        # which another host (or another topology) does not have.
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local), pure)
     with ocp.StandardCheckpointer() as ckptr:
         restored = ckptr.restore(path, target)
     state = jax.tree.map(lambda x: x, abstract_state)

@@ -12,11 +12,13 @@ values with a message that names the key.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+import os
+from typing import Any, Iterable, Mapping
 
 import ml_collections
 from ml_collections import ConfigDict
 
+from vggrpo_jax.errors import ConfigError, PathNotFoundError
 from vggrpo_jax.geometry.zbuffer import ZBUFFER_METHODS
 
 NOISE_RULES = ("flow_grpo_wan", "sd3", "constant")
@@ -109,7 +111,10 @@ def base_config() -> ConfigDict:
     )
     c.optim = ConfigDict(dict(lr=1e-4, b1=0.9, b2=0.999, weight_decay=1e-4, eps=1e-8, grad_clip=1.0, warmup_steps=0))
     c.ema = ConfigDict(dict(decay=0.9, every=8))
-    c.train = ConfigDict(dict(num_iterations=1000, log_every=1, checkpoint_every=10, keep_checkpoints=3))
+    # max_consecutive_skips: stop with an error after this many updates in a row were skipped for non-finite values
+    # (0 = never stop).
+    c.train = ConfigDict(dict(num_iterations=1000, log_every=1, checkpoint_every=10, keep_checkpoints=3,
+                              max_consecutive_skips=10))
     c.eval = ConfigDict(dict(every=50, num_prompts=8, num_steps=50, write_videos=True, rgb_rewards=True))
     # Test-time reward guidance of ODE sampling (`python -m vggrpo_jax.sample`; off at scale 0): at the steps in
     # `steps`, v ← v − scale·g(σ)·clip(∇_x r(x̂0)), r = Σ weights·(LGM reward), x̂0 = x − σ·v (rl/reward_guidance.py).
@@ -122,7 +127,21 @@ def base_config() -> ConfigDict:
 
 
 def _fail(key: str, value: Any, why: str) -> None:
-    raise ValueError(f"config.{key}={value!r}: {why}")
+    raise ConfigError(f"config.{key}={value!r}: {why}")
+
+
+def check_finite(c: ConfigDict, prefix: str = "") -> None:
+    """Rejects NaN and ±inf anywhere in the config (also inside lists), naming the key: a NaN learning rate would
+    otherwise train NaN weights and skip every later update."""
+    for key, value in c.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, (ConfigDict, Mapping)):
+            check_finite(value if isinstance(value, ConfigDict) else ConfigDict(dict(value)), dotted + ".")
+            continue
+        items = value if isinstance(value, (list, tuple)) else (value,)
+        for item in items:
+            if isinstance(item, float) and not math.isfinite(item):
+                _fail(dotted, value, "must be a finite number")
 
 
 def _choice(c: ConfigDict, key: str, choices: Iterable[str]) -> None:
@@ -145,7 +164,12 @@ def _get(c: ConfigDict, dotted: str) -> Any:
 
 
 def validate(c: ConfigDict) -> ConfigDict:
-    """Checks a GRPO training config; raises ValueError naming the first bad key. Returns the config."""
+    """Checks a GRPO training config; raises ConfigError (a ValueError) naming the first bad key. Returns the config.
+
+    Also checks every shape constraint the models and rewards impose on config.video (see `_check_shapes`), so a bad
+    size fails here, before any model is built, rather than inside tracing.
+    """
+    check_finite(c)
     _choice(c, "dit.preset", DIT_PRESETS)
     _choice(c, "dit.dtype", DTYPES)
     _choice(c, "dit.param_dtype", DTYPES)
@@ -164,7 +188,7 @@ def validate(c: ConfigDict) -> ConfigDict:
         _positive(c, key)
     for key in ("rl.beta", "rl.micro_batch_size", "rl.sde_window_size", "lora.rank", "optim.weight_decay",
                 "optim.grad_clip", "optim.warmup_steps", "rewards.flow_threshold", "rewards.render_stride",
-                "eval.every", "eval.num_prompts", "train.checkpoint_every"):
+                "eval.every", "eval.num_prompts", "train.checkpoint_every", "train.max_consecutive_skips"):
         _positive(c, key, allow_zero=True)
     if c.rl.group_size < 2:
         _fail("rl.group_size", c.rl.group_size, "GRPO needs at least 2 samples per prompt to form an advantage")
@@ -187,6 +211,8 @@ def validate(c: ConfigDict) -> ConfigDict:
         _fail("rewards.weights", weights, f"unknown rewards {sorted(unknown)}; known: motion, geo")
     if sum(weights.values()) <= 0 or any(w < 0 for w in weights.values()):
         _fail("rewards.weights", weights, "weights must be ≥ 0 with a positive sum")
+    _check_shapes(c)
+    _check_paths(c)
     validate_guidance(c)
     return c
 
@@ -211,8 +237,101 @@ def validate_guidance(c: ConfigDict, num_steps: int | None = None) -> ConfigDict
         _fail("guidance.weights", weights, "weights must be ≥ 0 with a positive sum")
     if not isinstance(g.steps, str):
         _fail("guidance.steps", g.steps, "must be a string: 'all', '0,5,10' or 'start:stop[:step]'")
-    parse_steps(g.steps, num_steps)  # the syntax; with num_steps also the range
+    try:
+        parse_steps(g.steps, num_steps)  # the syntax; with num_steps also the range
+    except ValueError as err:  # its message names the key
+        raise ConfigError(str(err)) from None
     return c
+
+
+# Paths a GRPO config may name; an empty value means "not given" (random init for toy runs, or unused).
+PATH_KEYS = ("dit.checkpoint", "vae.checkpoint", "any4d.checkpoint", "lgm.checkpoint", "lgm.build_config",
+             "text.tokenizer", "text.checkpoint", "prompts.path", "prompts.eval_path")
+
+
+def _check_paths(c: ConfigDict) -> None:
+    """Every path the config names exists (checked before anything is loaded; "toyworld" is not a path)."""
+    for key in PATH_KEYS:
+        value = _get(c, key)
+        if value and value != "toyworld" and not os.path.exists(value):
+            raise PathNotFoundError(f"config.{key}={value!r}: no such path")
+
+
+# Geometry views (= latent frames, one view per latent frame) the rewards need: r_motion differentiates the camera
+# path twice (3 poses), r_geo leaves one view out (2), and it averages the rewards.top_k worst views.
+MIN_VIEWS_MOTION = 3
+
+
+def _check_shapes(c: ConfigDict) -> None:
+    """The shape constraints of the VAE, the DiT and the rewards, from the presets named in the config."""
+    from vggrpo_jax.models.wan.config import WanConfig  # noqa: PLC0415  (models stay out of the config's import)
+    from vggrpo_jax.models.wan.vae_config import WanVAEConfig  # noqa: PLC0415
+    from vggrpo_jax.rl.rollout import num_train_steps  # noqa: PLC0415
+
+    vae = getattr(WanVAEConfig, c.vae.preset)()
+    dit = WanConfig.preset(c.dit.preset)
+    ts, s = vae.temporal_stride, vae.spatial_stride
+    pt, ph, pw = dit.patch_size
+    v = c.video
+    if (v.num_frames - 1) % ts or v.num_frames < 1:
+        _fail("video.num_frames", v.num_frames, f"the {c.vae.preset} VAE needs 1 + {ts}k frames (e.g. 17, 33, 81)")
+    views = 1 + (v.num_frames - 1) // ts
+    need = max(MIN_VIEWS_MOTION, int(c.rewards.top_k))
+    if views < need:
+        _fail("video.num_frames", v.num_frames,
+              f"gives {views} latent frames (geometry views); the rewards need ≥ {need} (r_motion's accelerations "
+              f"need 3 cameras, r_geo averages rewards.top_k={c.rewards.top_k} views): use ≥ {1 + ts * (need - 1)}")
+    if views % pt:
+        _fail("video.num_frames", v.num_frames,
+              f"gives {views} latent frames, not divisible by the DiT's temporal patch {pt} (dit.preset={c.dit.preset!r})")
+    for key, size, p in (("video.height", v.height, ph), ("video.width", v.width, pw)):
+        if size % (s * p):
+            lo = max(s * p, size // (s * p) * (s * p))
+            _fail(key, size, f"must be a multiple of {s * p} (VAE stride {s} of vae.preset={c.vae.preset!r} × DiT patch "
+                             f"{p} of dit.preset={c.dit.preset!r}), e.g. {lo} or {lo + s * p}")
+    if c.rl.num_steps < 2:
+        _fail("rl.num_steps", c.rl.num_steps, "the SDE noise schedule needs ≥ 2 sampling steps")
+    try:
+        num_train_steps(int(c.rl.num_steps), float(c.rl.timestep_fraction))
+    except ValueError as err:
+        _fail("rl.timestep_fraction", c.rl.timestep_fraction, str(err))
+
+
+def validate_topology(c: ConfigDict, mesh_shape: Mapping[str, int], process_count: int) -> None:
+    """Mesh and host divisibility of a GRPO config on a resolved mesh (axis → size) with `process_count` hosts.
+
+    Raises ConfigError naming the key: the batch (and micro-batch) must split over the batch axes (data × fsdp),
+    the text encoder's batch too, the prompts of a batch over the hosts; a tensor axis must divide the DiT's heads
+    and FFN width, a context axis the DiT's token count (otherwise those axes would silently replicate the work).
+    """
+    from vggrpo_jax.models.wan.config import WanConfig  # noqa: PLC0415
+    from vggrpo_jax.models.wan.vae_config import WanVAEConfig  # noqa: PLC0415
+
+    shards = int(mesh_shape.get("data", 1)) * int(mesh_shape.get("fsdp", 1))
+    batch = int(c.rl.prompts_per_batch) * int(c.rl.group_size)
+    micro = int(c.rl.micro_batch_size) or batch
+    if micro % shards:
+        raise ConfigError(
+            f"rl.prompts_per_batch × rl.group_size = {batch} samples (micro-batches of {micro}) do not split over "
+            f"the {shards} batch shards (data × fsdp) of mesh {dict(mesh_shape)}: change the batch or the mesh"
+        )
+    if int(c.rl.prompts_per_batch) % process_count:
+        _fail("rl.prompts_per_batch", c.rl.prompts_per_batch, f"must be divisible by the {process_count} hosts")
+    if int(c.text.batch_size) % shards:
+        _fail("text.batch_size", c.text.batch_size, f"must be divisible by the {shards} batch shards (data × fsdp)")
+    dit = WanConfig.preset(c.dit.preset)
+    tensor, context = int(mesh_shape.get("tensor", 1)), int(mesh_shape.get("context", 1))
+    if tensor > 1:
+        for what, size in (("attention heads", dit.num_attention_heads), ("FFN width", dit.ffn_dim)):
+            if size % tensor:
+                _fail("mesh.tensor", tensor, f"must divide the DiT's {size} {what} (dit.preset={c.dit.preset!r})")
+    if context > 1:
+        vae = getattr(WanVAEConfig, c.vae.preset)()
+        pt, ph, pw = dit.patch_size
+        tokens = ((1 + (c.video.num_frames - 1) // vae.temporal_stride) // pt
+                  * (c.video.height // vae.spatial_stride // ph) * (c.video.width // vae.spatial_stride // pw))
+        if tokens % context:
+            _fail("mesh.context", context, f"must divide the DiT's {tokens} video tokens (config.video)")
 
 
 def define_flags(default_config: str | None = None):
@@ -225,4 +344,5 @@ def define_flags(default_config: str | None = None):
     return config, workdir
 
 
-__all__ = ["base_config", "validate", "validate_guidance", "define_flags", "ml_collections"]
+__all__ = ["base_config", "validate", "validate_guidance", "validate_topology", "check_finite", "define_flags",
+           "ml_collections"]

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from vggrpo_jax.evaluation import make_records, video_scores
-from vggrpo_jax.parallel import place_state, replicate, shard_batch
+from vggrpo_jax.parallel import place_state, replicate, shard_batch, to_host
 from vggrpo_jax.trainer import GRPOTrainer, geometry_rewards
 
 
@@ -100,13 +100,13 @@ class Evaluator:
         z0 = self.trainer.sample(lora, jnp.asarray(self.cond), jnp.asarray(self.uncond), key, self.num_steps)
         latent = self.trainer.latent_rewards(z0)
         with _mesh(self.mesh):
-            video = np.asarray(jax.device_get(self._decode(self._vae_state, z0)))
+            video = to_host(self._decode(self._vae_state, z0))  # every host: the gather is collective
         metrics = {"eval/frame_smoothness": float(np.mean(np.asarray(frame_smoothness(jnp.asarray(video)))))}
         metrics.update(_summary("eval/latent", latent))
         rgb = None
         if self.rgb_rewards:
             with _mesh(self.mesh):
-                rgb = jax.device_get(self._rgb(self._rgb_state, z0))
+                rgb = to_host(self._rgb(self._rgb_state, z0))
             metrics.update(_summary("eval/rgb", rgb))
         n = self.num_records
         self.records = sample_records(video, latent, rgb, self.prompts[:n], self.splits[:n], self.seed, self.fps)
@@ -156,5 +156,6 @@ if __name__ == "__main__":
     from absl import app
 
     import vggrpo_jax.train  # noqa: F401  (the flags must exist before app.run parses them)
+    from vggrpo_jax import cli
 
-    app.run(main)
+    cli.run_absl(main)

@@ -34,4 +34,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from vggrpo_jax import cli  # noqa: PLC0415
+
+    cli.run_absl(main)

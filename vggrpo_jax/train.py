@@ -30,12 +30,14 @@ from tqdm import tqdm
 
 from vggrpo_jax import build, parallel
 from vggrpo_jax.checkpoint import TrainCheckpointer
-from vggrpo_jax.config import define_flags, validate
+from vggrpo_jax.config import define_flags, validate, validate_topology
 from vggrpo_jax.data.pipeline import PromptBatches
+from vggrpo_jax.errors import PathNotFoundError
 from vggrpo_jax.evaluate import Evaluator
 from vggrpo_jax.evaluation import write_report
 from vggrpo_jax.metrics import MetricWriter
 from vggrpo_jax.trainer import GRPOTrainer, latent_shape
+from vggrpo_jax.training.guard import SkipGuard
 
 FLAGS_CONFIG, FLAGS_WORKDIR = define_flags()  # also used by `python -m vggrpo_jax.evaluate`
 
@@ -73,13 +75,7 @@ class Run:
         parallel.initialize_distributed(config.distributed)
         self.mesh = parallel.make_mesh(config.mesh)
         c = config
-        batch, shards = int(c.rl.prompts_per_batch) * int(c.rl.group_size), self._batch_shards()
-        micro = int(c.rl.micro_batch_size) or batch
-        if micro % shards:
-            raise ValueError(
-                f"rl.prompts_per_batch × rl.group_size = {batch} samples (micro-batches of {micro}) do not split over "
-                f"the {shards} batch shards (data × fsdp) of mesh {dict(self.mesh.shape)}: change the batch or the mesh"
-            )
+        validate_topology(c, dict(self.mesh.shape), jax.process_count())
 
         self.prompts = build.load_prompts(c)
         eval_set = build.load_prompts_with_splits(c, eval_split=True)[: int(c.eval.num_prompts)]
@@ -182,6 +178,7 @@ def train(config: Any, workdir: str) -> list[dict[str, float]]:
     history = []
     trainable, frozen = run.policy.num_params()
     _log(f"policy: {trainable:,} trainable LoRA parameters, {frozen:,} frozen")
+    guard = SkipGuard(int(config.train.max_consecutive_skips))
     bar = tqdm(total=total, initial=run.iteration, desc="GRPO", disable=jax.process_index() != 0, dynamic_ncols=True)
     try:
         while run.iteration < total:
@@ -191,6 +188,7 @@ def train(config: Any, workdir: str) -> list[dict[str, float]]:
                 metrics.update(run.evaluate())
             if int(config.train.log_every) and (it % int(config.train.log_every) == 0 or it == total):
                 writer.write(it, metrics)
+            guard.update(it, metrics)  # the state of a skipped update is the previous, finite one
             if (int(config.train.checkpoint_every) and it % int(config.train.checkpoint_every) == 0) or it == total:
                 run.save()
             history.append({"step": it, **metrics})
@@ -208,9 +206,12 @@ def evaluate_latest(config: Any, workdir: str) -> dict[str, float]:
     """Evaluates the newest checkpoint of `workdir` (EMA adapters) and writes eval metrics, samples and the report
     `eval_XXXXXX/report.{md,json}` (per-split metrics; `tools/compare_reports.py` gives win rates between two)."""
     config = validate(config)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not (os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))):  # before building anything
+        raise PathNotFoundError(f"no checkpoint to evaluate in {ckpt_dir}")
     run = Run(config, workdir)
     if not run.restore():
-        raise FileNotFoundError(f"no checkpoint to evaluate in {workdir}/checkpoints")
+        raise PathNotFoundError(f"no checkpoint to evaluate in {workdir}/checkpoints")
     if run.evaluator is None:
         run.evaluator = run._make_evaluator()
     metrics = run.evaluate()
@@ -231,4 +232,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from vggrpo_jax import cli  # noqa: PLC0415
+
+    cli.run_absl(main)

@@ -16,9 +16,8 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app  # noqa: PLC0415
-
+    from vggrpo_jax import cli  # noqa: PLC0415
     from vggrpo_jax.config import define_flags  # noqa: PLC0415
 
     _CONFIG, _WORKDIR = define_flags()
-    app.run(main)
+    cli.run_absl(main)  # a user error: one line, exit status 2 (--verbose: traceback)

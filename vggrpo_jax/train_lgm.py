@@ -214,9 +214,8 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app  # noqa: PLC0415
-
+    from vggrpo_jax import cli  # noqa: PLC0415
     from vggrpo_jax.config import define_flags  # noqa: PLC0415
 
     _CONFIG, _WORKDIR = define_flags()
-    app.run(main)
+    cli.run_absl(main)

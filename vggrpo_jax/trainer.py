@@ -27,7 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vggrpo_jax import rl
-from vggrpo_jax.parallel import constrain
+from vggrpo_jax.parallel import constrain, to_host
 from vggrpo_jax.policy import Policy
 from vggrpo_jax.rewards import group_advantages, motion_smoothness, reprojection_consistency
 
@@ -210,7 +210,7 @@ class GRPOTrainer:
         """The LGM rewards of latents z0 (B, C, F', H', W') per sample, and the LGM cameras "c2w" (B, N, 4, 4)."""
         with _maybe_mesh(self.mesh):
             out = self._geometry_rewards(self.lgm_state, z0)
-        return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+        return to_host(out)  # gathered from every host when the batch spans several
 
 
 def _maybe_mesh(mesh: Mesh | None):

@@ -26,10 +26,12 @@ import jax
 import numpy as np
 from flax import nnx
 
+from vggrpo_jax.errors import InputError, PathNotFoundError, first_line
+
 Path = tuple[Any, ...]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint does not match the model: lists missing, unexpected and mis-shaped keys."""
 
     def __init__(self, what: str, missing=(), unexpected=(), mismatched=()):
@@ -126,18 +128,24 @@ def _safetensors_files(files: list[str], source: str) -> LazyStateDict:
 
     owner: dict[str, str] = {}
     for f in files:
-        with safe_open(f, framework="np") as h:
-            for k in h.keys():
-                owner[k] = f
+        try:
+            with safe_open(f, framework="np") as h:
+                for k in h.keys():
+                    owner[k] = f
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error type, without the file name
+            raise InputError(f"{f}: not a readable safetensors file ({first_line(err)}); truncated download?") from err
 
     def load(key: str) -> np.ndarray:
         f = owner[key]
         try:
-            with safe_open(f, framework="np") as h:
-                return h.get_tensor(key)
-        except TypeError:  # numpy has no bfloat16 in safetensors' np backend: read through torch
-            with safe_open(f, framework="pt") as h:
-                return to_numpy(h.get_tensor(key))
+            try:
+                with safe_open(f, framework="np") as h:
+                    return h.get_tensor(key)
+            except TypeError:  # numpy has no bfloat16 in safetensors' np backend: read through torch
+                with safe_open(f, framework="pt") as h:
+                    return to_numpy(h.get_tensor(key))
+        except Exception as err:  # noqa: BLE001 - a tensor past the end of a truncated file
+            raise InputError(f"{f}: cannot read tensor {key!r} ({first_line(err)}); truncated file?") from err
 
     return LazyStateDict(owner.keys(), load, source)
 
@@ -152,12 +160,15 @@ def open_state_dict(path: str, subkey: str | None = None) -> LazyStateDict:
     if os.path.isdir(path):
         index = sorted(glob.glob(os.path.join(path, "*.safetensors.index.json")))
         if index:
-            with open(index[0]) as fh:
-                weight_map = json.load(fh)["weight_map"]
+            try:
+                with open(index[0]) as fh:
+                    weight_map = json.load(fh)["weight_map"]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+                raise InputError(f"{index[0]}: not a safetensors index with a 'weight_map' ({first_line(err)})") from err
             files = sorted({os.path.join(path, f) for f in weight_map.values()})
             missing = [f for f in files if not os.path.exists(f)]
             if missing:
-                raise FileNotFoundError(f"{index[0]} names shards that do not exist: {missing}")
+                raise PathNotFoundError(f"{index[0]} names shards that do not exist: {missing}")
             return _safetensors_files(files, path)
         files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
         if files:
@@ -167,17 +178,29 @@ def open_state_dict(path: str, subkey: str | None = None) -> LazyStateDict:
         )
         if len(torch_files) == 1:
             return open_state_dict(torch_files[0], subkey)
-        raise FileNotFoundError(f"no checkpoint found in {path} (looked for safetensors, .pth, .pt, .bin, .ckpt)")
+        raise PathNotFoundError(f"no checkpoint found in {path} (looked for safetensors, .pth, .pt, .bin, .ckpt)")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise PathNotFoundError(f"{path}: no such path")
     if path.endswith(".safetensors"):
         return _safetensors_files([path], path)
     import torch  # noqa: PLC0415
 
+    import zipfile  # noqa: PLC0415
+
+    # torch.save writes a zip archive (memory-mappable); only the pre-1.6 format is loaded without mmap. A damaged zip
+    # is reported once, naming the file (not retried in the legacy format, which would fail a second time).
+    mmap = zipfile.is_zipfile(path)
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if not mmap and magic == b"PK\x03\x04":
+        raise InputError(f"{path}: truncated or corrupt torch checkpoint (a zip archive without its central "
+                         "directory); download it again")
     try:
-        obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError:  # old (non-zip) serialisation cannot be memory-mapped
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated, corrupt, or holding pickled code (weights_only)
+        raise InputError(f"{path}: not a readable torch checkpoint ({first_line(err)})") from err
+    if not isinstance(obj, Mapping):
+        raise InputError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
     if subkey is not None:
         if subkey not in obj:
             raise CheckpointError(path, missing=[subkey])

@@ -22,7 +22,6 @@ the documented table between the two, derived from the architecture:
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping
 
@@ -39,6 +38,7 @@ from vggrpo_jax.convert.common import (
     identity,
     open_state_dict,
 )
+from vggrpo_jax.errors import PathNotFoundError, read_json
 from vggrpo_jax.models.wan.vae import WanVAE, WanVAEConfig
 
 __all__ = [
@@ -171,9 +171,8 @@ def load_config(path: str) -> WanVAEConfig:
     """WanVAEConfig from a diffusers VAE directory (config.json), a pipeline root (vae/config.json) or a json file."""
     for candidate in (path, os.path.join(path, "config.json"), os.path.join(path, "vae", "config.json")):
         if os.path.isfile(candidate) and candidate.endswith(".json"):
-            with open(candidate) as fh:
-                return WanVAEConfig.from_diffusers_config(json.load(fh))
-    raise FileNotFoundError(f"no diffusers VAE config.json at {path} (nor {path}/vae/config.json)")
+            return WanVAEConfig.from_diffusers_config(read_json(candidate))
+    raise PathNotFoundError(f"no diffusers VAE config.json at {path} (nor {path}/vae/config.json)")
 
 
 def _resolve_dir(path: str) -> str:

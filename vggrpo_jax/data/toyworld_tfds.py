@@ -159,6 +159,14 @@ def _zoo_config() -> ToyworldBuilderConfig:
                                  num_frames=f, height=h, width=w, num_train=2048, num_heldout=256)
 
 
+def builder_config(name: str = "zoo") -> ToyworldBuilderConfig:
+    """The named builder config ("zoo" or "tiny"): clip shape, split sizes, scene settings."""
+    for c in Toyworld.BUILDER_CONFIGS:
+        if c.name == name:
+            return c
+    raise ValueError(f"toyworld: unknown builder config {name!r}; known: {[c.name for c in Toyworld.BUILDER_CONFIGS]}")
+
+
 class Toyworld(tfds.core.GeneratorBasedBuilder):
     """toyworld: procedural scenes with exact cameras, depth, points and scene flow (see the module docstring)."""
 

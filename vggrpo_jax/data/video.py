@@ -12,7 +12,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["read_video", "write_video", "fit_video", "load_videos", "VideoError", "largest_valid_frame_count"]
+from vggrpo_jax.errors import InputError, PathNotFoundError, first_line
+
+__all__ = ["read_video", "write_video", "fit_video", "load_videos", "VideoError", "VideoReadError",
+           "largest_valid_frame_count"]
 
 _VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -22,22 +25,39 @@ class VideoError(ValueError):
     """A video file or frame folder cannot be read, or a video cannot be fitted to the requested shape."""
 
 
+class VideoReadError(VideoError, InputError):
+    """A user's video file or frame folder cannot be decoded or used; the message names it."""
+
+
+def _ffmpeg_reason(err: BaseException) -> str:
+    """The reason in an imageio-ffmpeg error, without ffmpeg's banner (version, ~90 lines of build configuration).
+
+    ffmpeg's stderr ends with its own diagnosis ("Invalid data found when processing input"); that last line is kept.
+    """
+    text = str(err)
+    head, _, stderr = text.partition("=== stderr ===")
+    lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+    if not lines:
+        return first_line(err)
+    return f"{first_line(head) if head.strip() else type(err).__name__}: {lines[-1]}"
+
+
 # --------------------------------------------------------------------------------------------- conversions
 def _to_unit(frames: np.ndarray, source: str) -> np.ndarray:
     """(F, H, W[, C]) uint8 → (3, F, H, W) float32 in [-1, 1] (gray replicated, alpha dropped)."""
     if frames.ndim == 3:
         frames = frames[..., None]
     if frames.ndim != 4:
-        raise VideoError(f"{source}: expected frames (F, H, W, C), got shape {frames.shape}")
+        raise VideoReadError(f"{source}: expected frames (F, H, W, C), got shape {frames.shape}")
     c = frames.shape[-1]
     if c == 1:
         frames = np.repeat(frames, 3, axis=-1)
     elif c == 4:
         frames = frames[..., :3]
     elif c != 3:
-        raise VideoError(f"{source}: frames have {c} channels (need 1, 3 or 4)")
+        raise VideoReadError(f"{source}: frames have {c} channels (need 1, 3 or 4)")
     if frames.dtype != np.uint8:
-        raise VideoError(f"{source}: frames have dtype {frames.dtype} (need 8-bit)")
+        raise VideoReadError(f"{source}: frames have dtype {frames.dtype} (need 8-bit)")
     x = frames.astype(np.float32) / 127.5 - 1.0
     return np.ascontiguousarray(np.transpose(x, (3, 0, 1, 2)))
 
@@ -62,17 +82,17 @@ def _read_frame_dir(path: str) -> np.ndarray:
 
     names = sorted(f for f in os.listdir(path) if f.lower().endswith(_IMAGE_EXTS))
     if not names:
-        raise VideoError(f"{path}: folder has no image frames ({', '.join(_IMAGE_EXTS)})")
+        raise VideoReadError(f"{path}: folder has no image frames ({', '.join(_IMAGE_EXTS)})")
     frames = []
     for name in names:
         try:
             frame = np.asarray(iio.imread(os.path.join(path, name)))
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad input, reported with its name
-            raise VideoError(f"{os.path.join(path, name)}: cannot decode image ({e})") from e
+            raise VideoReadError(f"{os.path.join(path, name)}: cannot decode image ({first_line(e)})") from e
         if frame.ndim == 2:
             frame = frame[..., None]
         if frames and frame.shape != frames[0].shape:
-            raise VideoError(f"{path}: frame {name} has shape {frame.shape}, the first frame {frames[0].shape}")
+            raise VideoReadError(f"{path}: frame {name} has shape {frame.shape}, the first frame {frames[0].shape}")
         frames.append(frame)
     return np.stack(frames)
 
@@ -92,11 +112,11 @@ def _read_file(path: str) -> np.ndarray:
             with iio2.get_reader(path, format="FFMPEG") as reader:
                 frames = np.stack([np.asarray(f) for f in reader])
         else:
-            raise VideoError(f"{path}: unsupported extension {ext!r} (videos: {_VIDEO_EXTS}, .gif, or a frame folder)")
+            raise VideoReadError(f"{path}: unsupported extension {ext!r} (videos: {_VIDEO_EXTS}, .gif, or a frame folder)")
     except VideoError:
         raise
     except Exception as e:  # noqa: BLE001 - decoder errors of every kind mean a bad file
-        raise VideoError(f"{path}: cannot decode video ({type(e).__name__}: {e})") from e
+        raise VideoReadError(f"{path}: cannot decode video ({_ffmpeg_reason(e)})") from e
     return frames
 
 
@@ -107,10 +127,10 @@ def read_video(path: str) -> np.ndarray:
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"video not found: {path}")
+        raise PathNotFoundError(f"video not found: {path}")
     frames = _read_frame_dir(path) if os.path.isdir(path) else _read_file(path)
     if frames.shape[0] == 0:
-        raise VideoError(f"{path}: video has no frames")
+        raise VideoReadError(f"{path}: video has no frames")
     return _to_unit(frames, path)
 
 

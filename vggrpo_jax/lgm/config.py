@@ -11,7 +11,8 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from vggrpo_jax.config import VAE_PRESETS, base_config
+from vggrpo_jax.config import MIN_VIEWS_MOTION, VAE_PRESETS, base_config, check_finite
+from vggrpo_jax.errors import ConfigError
 from vggrpo_jax.lgm.align import FEATURE_CRITERIA, MODALITIES
 from vggrpo_jax.lgm.connector import ConnectorConfig
 from vggrpo_jax.lgm.correspondence import VIEW_FRAME_RULES
@@ -86,11 +87,12 @@ def lgm_base_config() -> ConfigDict:
 
 
 def _fail(key: str, value: Any, why: str) -> None:
-    raise ValueError(f"config.{key}={value!r}: {why}")
+    raise ConfigError(f"config.{key}={value!r}: {why}")
 
 
 def validate_lgm(c: ConfigDict) -> ConfigDict:
-    """Checks an LGM config; raises ValueError naming the first bad key. Returns the config."""
+    """Checks an LGM config; raises ConfigError (a ValueError) naming the first bad key. Returns the config."""
+    check_finite(c)
     if c.vae.preset not in VAE_PRESETS:
         _fail("vae.preset", c.vae.preset, f"must be one of {VAE_PRESETS}")
     if c.any4d.preset not in ANY4D_PRESETS:
@@ -102,7 +104,7 @@ def validate_lgm(c: ConfigDict) -> ConfigDict:
         for name, over in c.stitch.variants.items():
             ConnectorConfig.from_dict({**c.connector.to_dict(), **dict(over)})
     except (ValueError, TypeError) as e:
-        raise ValueError(f"config.connector / stitch.variants: {e}") from None
+        raise ConfigError(f"config.connector / stitch.variants: {e}") from None
     if not c.stitch.layers or any(int(l) < 0 for l in c.stitch.layers):
         _fail("stitch.layers", c.stitch.layers, "needs at least one layer ≥ 0")
     if c.stitch.criterion not in FEATURE_CRITERIA:
@@ -121,6 +123,19 @@ def validate_lgm(c: ConfigDict) -> ConfigDict:
         _fail("align.steps", c.align.steps, "must be ≥ 0")
     if (int(c.data.num_frames) - 1) % 4:
         _fail("data.num_frames", c.data.num_frames, "the causal VAE needs 1 + 4k frames (17, 33, 81)")
+    from vggrpo_jax.models.wan.vae_config import WanVAEConfig  # noqa: PLC0415
+
+    vae = getattr(WanVAEConfig, c.vae.preset)()
+    views = 1 + (int(c.data.num_frames) - 1) // vae.temporal_stride
+    if views < MIN_VIEWS_MOTION:
+        _fail("data.num_frames", c.data.num_frames,
+              f"gives {views} latent frames (geometry views); the evaluation's r_motion needs ≥ {MIN_VIEWS_MOTION}: use "
+              f"≥ {1 + vae.temporal_stride * (MIN_VIEWS_MOTION - 1)}")
+    for key in ("data.height", "data.width"):
+        size = int(c.data[key.split(".")[1]])
+        if size <= 0 or size % vae.spatial_stride:
+            _fail(key, size, f"must be a positive multiple of the VAE stride {vae.spatial_stride} "
+                             f"(vae.preset={c.vae.preset!r})")
     if int(c.data.shard_size) % int(c.data.batch_size):
         _fail("data.shard_size", c.data.shard_size, f"must be a multiple of data.batch_size ({c.data.batch_size})")
     if not 0.0 < float(c.data.heldout_fraction) < 1.0:
@@ -136,7 +151,7 @@ def validate_lgm(c: ConfigDict) -> ConfigDict:
         try:
             OptimConfig.from_dict(c[sect][sub].to_dict())
         except TypeError as e:
-            raise ValueError(f"config.{name}: {e}") from None
+            raise ConfigError(f"config.{name}: {e}") from None
         if c[sect][sub].schedule not in ("cosine", "constant"):
             _fail(f"{name}.schedule", c[sect][sub].schedule, "must be cosine or constant")
     return c

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vggrpo_jax.errors import ConfigError, InputError, PathNotFoundError
 from vggrpo_jax.lgm.correspondence import make_correspondence, num_latent_frames, teacher_images
 from vggrpo_jax.lgm.teacher import output_fields, teacher_forward
 
@@ -77,13 +78,14 @@ class VideoDirectoryClips:
 
     def __init__(self, directory: str, *, num_frames: int, height: int, width: int, max_clips: int = 0):
         if not os.path.isdir(directory):
-            raise FileNotFoundError(f"calibration video directory {directory!r} does not exist")
+            raise PathNotFoundError(f"calibration video directory {directory!r}: no such directory (config.data.videos.path)")
         files = sorted(
             p for p in glob.glob(os.path.join(directory, "**", "*"), recursive=True)
             if p.lower().endswith(VIDEO_EXTENSIONS)
         )
         if not files:
-            raise FileNotFoundError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {directory!r}")
+            raise PathNotFoundError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {directory!r} "
+                                    "(config.data.videos.path)")
         num_latent_frames(num_frames)
         self.files = files[: max_clips or None]
         self.num_frames, self.height, self.width = int(num_frames), int(height), int(width)
@@ -95,7 +97,14 @@ class VideoDirectoryClips:
         from vggrpo_jax.data.video import fit_video, read_video  # noqa: PLC0415
 
         # read_video: (3, F, H, W) in [−1, 1]; fit_video: the central F frames, scaled to cover and center-cropped.
-        video = np.asarray(fit_video(read_video(self.files[i]), self.num_frames, self.height, self.width), np.float32)
+        from vggrpo_jax.data.video import VideoError, VideoReadError  # noqa: PLC0415
+
+        try:
+            video = np.asarray(fit_video(read_video(self.files[i]), self.num_frames, self.height, self.width),
+                               np.float32)
+        except VideoError as err:  # fit_video's messages describe the shapes, not the file they came from
+            text = str(err)
+            raise VideoReadError(text if text.startswith(self.files[i]) else f"{self.files[i]}: {text}") from None
         if video.shape != (3, self.num_frames, self.height, self.width):
             raise ValueError(f"{self.files[i]}: fitted video has shape {video.shape}, expected "
                              f"{(3, self.num_frames, self.height, self.width)}")
@@ -111,10 +120,10 @@ class GeneratedClips:
 
     def __init__(self, directory: str, *, max_clips: int = 0):
         if not os.path.isdir(directory):
-            raise FileNotFoundError(f"generated-sample directory {directory!r} does not exist")
+            raise PathNotFoundError(f"generated-sample directory {directory!r}: no such directory (config.data.generated.path)")
         self.files = sorted(glob.glob(os.path.join(directory, "*.npz")))[: max_clips or None]
         if not self.files:
-            raise FileNotFoundError(f"no .npz samples under {directory!r}")
+            raise PathNotFoundError(f"no .npz samples under {directory!r} (config.data.generated.path)")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -122,12 +131,12 @@ class GeneratedClips:
     def __getitem__(self, i: int) -> dict:
         with np.load(self.files[i]) as z:
             if "latents" not in z:
-                raise KeyError(f"{self.files[i]}: a generated sample needs 'latents' (C, F', H', W'); has {list(z)}")
+                raise InputError(f"{self.files[i]}: a generated sample needs 'latents' (C, F', H', W'); has {list(z)}")
             item = {"latents": np.asarray(z["latents"], np.float32)}
             if "video" in z:
                 item["video"] = np.asarray(z["video"], np.float32)
         if item["latents"].ndim != 4:
-            raise ValueError(f"{self.files[i]}: latents must be (C, F', H', W'), got {item['latents'].shape}")
+            raise InputError(f"{self.files[i]}: latents must be (C, F', H', W'), got {item['latents'].shape}")
         return item
 
     def describe(self) -> dict:
@@ -177,7 +186,7 @@ def split_heldout(source: Any, fraction: float) -> tuple[Subset, Subset]:
     n = len(source)
     k = 0 if fraction <= 0 else max(1, int(round(n * fraction)))
     if k >= n:
-        raise ValueError(f"held-out fraction {fraction} leaves no training clips out of {n}")
+        raise ConfigError(f"config.data.heldout_fraction={fraction} leaves no training clips out of {n}")
     return Subset(source, 0, n - k), Subset(source, n - k, n)
 
 

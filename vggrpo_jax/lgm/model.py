@@ -22,6 +22,7 @@ import jax
 from flax import nnx
 
 from vggrpo_jax.checkpoint import restore_params, save_params
+from vggrpo_jax.errors import InputError, PathNotFoundError, read_json
 from vggrpo_jax.lgm.connector import Connector, ConnectorConfig
 from vggrpo_jax.lgm.correspondence import VIEW_FRAME_RULES, teacher_hw, view_frame_indices
 from vggrpo_jax.lgm.teacher import stitched_forward
@@ -124,11 +125,11 @@ def save_lgm(path: str, lgm: LatentGeometryModel, extra: dict | None = None, for
 def read_lgm_meta(path: str) -> dict:
     meta_path = os.path.join(os.path.abspath(path), "lgm.json")
     if not os.path.isfile(meta_path):
-        raise FileNotFoundError(f"no LGM at {path} (missing lgm.json)")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
+        raise PathNotFoundError(f"no LGM at {path} (missing lgm.json)")
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise InputError(f"{meta_path}: format {meta.get('format') if isinstance(meta, dict) else None!r} is not "
+                         f"{FORMAT!r}")
     return meta
 
 
@@ -141,7 +142,7 @@ def load_lgm(path: str, any4d: Any) -> LatentGeometryModel:
     want, have = meta["any4d"], any4d_signature(any4d.config)
     diff = {k: (want[k], have.get(k)) for k in want if want[k] != have.get(k)}
     if diff:
-        raise ValueError(f"{path}: the LGM was stitched to an Any4D with different sizes {{key: (saved, given)}}: {diff}")
+        raise InputError(f"{path}: the LGM was stitched to an Any4D with different sizes {{key: (saved, given)}}: {diff}")
     cfg = ConnectorConfig.from_dict(meta["connector"])
     kw = dict(
         latent_channels=int(meta["latent_channels"]), trunk_dim=any4d.config.trunk_dim,

@@ -12,6 +12,7 @@ from vggrpo_jax.parallel.placement import (
     place_state,
     replicate,
     shard_batch,
+    to_host,
     use_rules,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "place_state",
     "replicate",
     "shard_batch",
+    "to_host",
     "use_rules",
 ]

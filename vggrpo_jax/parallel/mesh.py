@@ -9,6 +9,8 @@ import jax.experimental.mesh_utils
 import numpy as np
 from jax.sharding import Mesh
 
+from vggrpo_jax.errors import ConfigError
+
 # Order matters: the last axes are the fastest-varying over devices, so "tensor" (most communication) stays within
 # the closest devices, and "data" (least communication) spans hosts.
 MESH_AXES = ("data", "fsdp", "context", "tensor")
@@ -28,20 +30,20 @@ def mesh_shape(mesh_config: Any, num_devices: int) -> dict[str, int]:
     sizes = {axis: _get(mesh_config, axis, 1) for axis in MESH_AXES}
     free = [a for a, s in sizes.items() if s == -1]
     if len(free) > 1:
-        raise ValueError(f"mesh: at most one axis may be -1, got {free}")
+        raise ConfigError(f"mesh: at most one axis may be -1, got {free}")
     for axis, size in sizes.items():
         if size == 0 or size < -1:
-            raise ValueError(f"mesh.{axis} must be a positive size or -1, got {size}")
+            raise ConfigError(f"mesh.{axis} must be a positive size or -1, got {size}")
     fixed = int(np.prod([s for s in sizes.values() if s != -1]))
     if free:
         if num_devices % fixed:
-            raise ValueError(
+            raise ConfigError(
                 f"mesh: {num_devices} devices are not divisible by the fixed axes {sizes} (product {fixed})"
             )
         sizes[free[0]] = num_devices // fixed
     total = int(np.prod(list(sizes.values())))
     if total != num_devices:
-        raise ValueError(f"mesh: axis sizes {sizes} use {total} devices but {num_devices} are available")
+        raise ConfigError(f"mesh: axis sizes {sizes} use {total} devices but {num_devices} are available")
     return sizes
 
 
@@ -82,7 +84,9 @@ def initialize_distributed(dist_config: Any = None) -> None:
     num_processes = get("num_processes", None)
     process_id = get("process_id", None)
     if num_processes is None or process_id is None or int(num_processes) < 1:
-        raise ValueError("distributed: coordinator_address is set, so num_processes and process_id are required")
+        raise ConfigError("distributed: coordinator_address is set, so num_processes and process_id are required")
+    if not 0 <= int(process_id) < int(num_processes):
+        raise ConfigError(f"distributed.process_id={process_id} must be in [0, distributed.num_processes={num_processes})")
     jax.distributed.initialize(
         coordinator_address=address, num_processes=int(num_processes), process_id=int(process_id)
     )

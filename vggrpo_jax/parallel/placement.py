@@ -99,20 +99,30 @@ def abstract_state_shardings(
     )
 
 
+def put_global(value: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """jax.device_put(value, sharding) that also works when `sharding` spans several hosts and `value` is this host's
+    full copy held on a local device (e.g. weights each host loaded itself): such an array is read back to host
+    memory first, since the runtime does not move a local device's buffer to another host's devices."""
+    if (isinstance(value, jax.Array) and value.is_fully_addressable and not sharding.is_fully_addressable):
+        value = np.asarray(jax.device_get(value))
+    return jax.device_put(value, sharding)
+
+
 def place_state(state: Any, mesh: Mesh, rules: Rules | None = None, strict: bool = False) -> Any:
-    """device_put every variable of `state` at the sharding its logical axes ask for."""
+    """device_put every variable of `state` at the sharding its logical axes ask for (every host passes the same
+    values on several hosts)."""
     shardings = abstract_state_shardings(state, mesh, rules, strict)
 
     def put(variable, sharding):
-        return variable.replace(jax.device_put(variable.get_value(), sharding))
+        return variable.replace(put_global(variable.get_value(), sharding))
 
     return jax.tree.map(put, state, shardings, is_leaf=lambda v: isinstance(v, nnx.Variable))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """device_put every leaf fully replicated on `mesh`."""
+    """device_put every leaf fully replicated on `mesh` (every host passes the same values on several hosts)."""
     sharding = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+    return jax.tree.map(lambda x: put_global(x, sharding), tree)
 
 
 def batch_sharding(mesh: Mesh, ndim: int, rules: Rules | None = None) -> NamedSharding:
@@ -136,7 +146,7 @@ def shard_batch(batch: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
                 shards *= mesh.shape[a]
         if x.shape[0] % shards:
             raise ValueError(f"shard_batch: leading dim {x.shape[0]} is not divisible by {shards} batch shards")
-        return jax.device_put(x, sharding)
+        return put_global(x, sharding)
 
     return jax.tree.map(put, batch)
 
@@ -166,3 +176,17 @@ def abstract_placed(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
         return variable.replace(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding))
 
     return jax.tree.map(one, state, shardings, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+def to_host(tree: Any) -> Any:
+    """numpy copies of a pytree of arrays; an array sharded over several hosts is first gathered from all of them
+    (jax.device_get alone fails on an array that is not fully addressable). Collective: call it on every host."""
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(get, tree)

@@ -192,8 +192,10 @@ def make_train_step(
     advantages: (B,) from rewards.group_advantages; rewards: optional (B,) or (B, k) raw rewards, only checked for
     finiteness. The update is SKIPPED (params, optimizer state, EMA and step unchanged, num_skipped += 1,
     metrics["skipped"] = 1) when the loss, the gradient, the advantages, the stored log-probs or the rewards contain
-    a NaN/Inf. metrics: loss, policy_loss, kl, clipfrac, approx_kl, ratio_mean/min/max, grad_norm (before clipping),
-    skipped, and the flags nonfinite_{loss,grad,inputs}.
+    a NaN/Inf, or when the update itself would make the new parameters, optimizer state or EMA non-finite (e.g. a
+    NaN learning-rate schedule or an overflowing Adam moment): non-finite values never enter the state, so never a
+    checkpoint. metrics: loss, policy_loss, kl, clipfrac, approx_kl, ratio_mean/min/max, grad_norm (before clipping),
+    skipped, and the flags nonfinite_{loss,grad,inputs,update}.
     """
     if update.ema is not None and update.ema.every < 1:
         raise ValueError("EMA interval must be >= 1")
@@ -221,6 +223,8 @@ def make_train_step(
         updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         new_ema = None if update.ema is None else ema_update(state.ema_params, new_params, state.step, update.ema)
+        result_ok = _all_finite((new_params, new_opt, new_ema))
+        ok = ok & result_ok
 
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
         new_state = TrainState(
@@ -237,6 +241,7 @@ def make_train_step(
             nonfinite_loss=(~loss_ok).astype(jnp.float32),
             nonfinite_grad=(~grad_ok).astype(jnp.float32),
             nonfinite_inputs=(~inputs_ok).astype(jnp.float32),
+            nonfinite_update=(~result_ok).astype(jnp.float32),
         )
         return new_state, metrics
 

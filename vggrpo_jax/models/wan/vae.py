@@ -263,19 +263,24 @@ class WanVAE(nnx.Module):
         logvar = jnp.clip(logvar, -30.0, 20.0)
         return jnp.transpose(mean, (0, 4, 1, 2, 3)), jnp.transpose(logvar, (0, 4, 1, 2, 3))
 
-    def _video_out(self, x: jax.Array) -> jax.Array:
-        x = jnp.clip(unpatchify(x, self.config.patch_size), -1.0, 1.0)
+    def _video_out(self, x: jax.Array, clip: bool = True) -> jax.Array:
+        x = unpatchify(x, self.config.patch_size)
+        if clip:
+            x = jnp.clip(x, -1.0, 1.0)
         return jnp.transpose(x, (0, 4, 1, 2, 3))
 
     def encode(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
         """video (B, C, F, H, W) in [-1, 1], F = 1 + 4k → (mean, logvar), each (B, z, 1 + k, H/s, W/s)."""
         return self._split(self._encode_raw(self._video_in(video)))
 
-    def decode(self, latents: jax.Array) -> jax.Array:
-        """latents (B, z, F', H', W') → video (B, C, 1 + 4 (F' - 1), H'·s, W'·s) clipped to [-1, 1]."""
+    def decode(self, latents: jax.Array, clip: bool = True) -> jax.Array:
+        """latents (B, z, F', H', W') → video (B, C, 1 + 4 (F' - 1), H'·s, W'·s) clipped to [-1, 1].
+
+        ``clip=False`` returns the decoder's raw output (training: the clip's zero gradient would leave overshooting
+        pixels without a signal)."""
         self._check_latents(latents)
         z = jnp.transpose(jnp.asarray(latents), (0, 2, 3, 4, 1))
-        return self._video_out(self._decode_raw(z))
+        return self._video_out(self._decode_raw(z), clip)
 
     # ------------------------------------------------------------------------------------------- spatial tiling
     # Called eagerly, each tile goes through one compiled program per tile shape (the grid has at most four), so a

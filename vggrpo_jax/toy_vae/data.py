@@ -1,0 +1,68 @@
+"""Toy-VAE data: toyworld videos held in memory as uint8, and random crops that are a function of (seed, step).
+
+Batches depend on nothing but (seed, step), so a resumed run draws exactly the batches it would have drawn.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from vggrpo_jax.data import toyworld_tfds
+
+
+def load_videos(split: str, data_dir: str, config: str, num_clips: int | None = None,
+                cache: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Videos of ``split`` in seed order: (uint8 (N, F, H, W, 3), seeds (N,)).
+
+    Read once with ``tfds.data_source`` + grain (building the dataset if missing); ``cache`` (an .npz path) keeps
+    them for the next run, so a resumed job does not decode every record again. ``num_clips`` takes the lowest seeds.
+    """
+    if cache and os.path.exists(cache):
+        with np.load(cache) as z:
+            videos, seeds = z["videos"], z["seeds"]
+    else:
+        ds = toyworld_tfds.load(split, data_dir or None, config)
+        recs = [(int(r["seed"]), r["video"]) for r in ds.map(lambda c: {"seed": c["seed"], "video": c["video"]})]
+        recs.sort(key=lambda r: r[0])
+        seeds = np.asarray([s for s, _ in recs], np.int64)
+        videos = np.stack([v for _, v in recs])
+        if cache:
+            os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)
+            tmp = cache + ".tmp.npz"
+            np.savez(tmp, videos=videos, seeds=seeds)
+            os.replace(tmp, cache)
+    if num_clips is not None:
+        if num_clips > len(seeds):
+            raise ValueError(f"data.num_train={num_clips} but the {split} split has {len(seeds)} clips")
+        videos, seeds = videos[:num_clips], seeds[:num_clips]
+    return videos, seeds
+
+
+class CropSampler:
+    """Random crops (B, 3, f, s, s) float32 in [−1, 1] from uint8 videos (N, F, H, W, 3), drawn from (seed, step).
+
+    Each crop: a random clip, a random start frame (any of the F − f + 1), a random s × s window, and (``flip``) a
+    random horizontal flip.
+    """
+
+    def __init__(self, videos: np.ndarray, batch_size: int, frames: int, size: int, seed: int, flip: bool = True):
+        n, f, h, w, _ = videos.shape
+        if frames < 1 or (frames - 1) % 4 or frames > f:
+            raise ValueError(f"data.crop_frames must be 1 + 4k and at most {f}, got {frames}")
+        if size < 8 or size % 8 or size > min(h, w):
+            raise ValueError(f"data.crop_size must be a multiple of 8 in [8, {min(h, w)}], got {size}")
+        self.videos, self.batch_size, self.frames, self.size = videos, batch_size, frames, size
+        self.seed, self.flip = int(seed), bool(flip)
+
+    def __call__(self, step: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, int(step), 0x5EED])
+        n, f, h, w, _ = self.videos.shape
+        b, t, s = self.batch_size, self.frames, self.size
+        idx = rng.integers(0, n, b)
+        t0, y0, x0 = rng.integers(0, f - t + 1, b), rng.integers(0, h - s + 1, b), rng.integers(0, w - s + 1, b)
+        flip = rng.random(b) < 0.5 if self.flip else np.zeros(b, bool)
+        crops = np.stack([self.videos[i, a : a + t, y : y + s, x : x + s] for i, a, y, x in zip(idx, t0, y0, x0)])
+        crops[flip] = crops[flip, :, :, ::-1]
+        return toyworld_tfds.video_to_model(crops)
