@@ -22,11 +22,12 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> (config file, frames, height, width, devices, mesh, remat, prompts per batch, extra overrides)
+# The released models' native video shapes: (config file, frames, height, width).
 NATIVE = {"wan21": ("configs/wan21.py", 81, 480, 832), "wan22": ("configs/wan22.py", 121, 704, 1280)}
 
 
@@ -99,6 +100,8 @@ def table(results: dict[str, dict], cases: dict[str, dict]) -> str:
         r = results[name]
         model = f"{case['model']} @ {case['frames']}×{case['height']}×{case['width']}"
         mesh = "×".join(f"{k}={v}" for k, v in case["mesh"].items())
+        if "rl.micro_batch_size" in case["extra"]:
+            mesh += f", micro-batch {case['extra']['rl.micro_batch_size']}"
         if "error" in r:
             lines.append(f"| {model} | {case['pod']} | {mesh} | {case['remat']} | {case['prompts'] * 4} | | "
                          f"did not compile: {r['error'][:120]} | | | | |")
@@ -114,7 +117,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="", help="comma list of case names (default: all)")
     p.add_argument("--list", action="store_true")
-    p.add_argument("--cache", default=os.path.join(ROOT, "benchmarks", "pod_plan.json"))
+    p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "vggrpo_pod_plan.json"),
+                   help="results so far, one entry per case (an interrupted run resumes from it)")
     p.add_argument("--table", default="", help="write the markdown table here (default: print only)")
     p.add_argument("--timeout", type=float, default=3 * 3600)
     p.add_argument("--retry-failed", action="store_true")
