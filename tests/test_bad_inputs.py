@@ -302,9 +302,19 @@ def _job(module: str, config: str, workdir, *overrides: str) -> list[str]:
             *overrides]
 
 
-def _assert_user_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
+def _assert_user_error(proc: subprocess.CompletedProcess, pattern: str, progress: bool = False) -> None:
+    """Exit status 2 and the error as the one line on stderr; with `progress`, a job's progress bar may precede it
+    (the error is then the last line, the only `error:` line, and there is no traceback or library noise)."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
-    line = _one_line(proc.stderr)
+    if progress:
+        lines = [l.strip() for l in proc.stderr.replace("\r", "\n").splitlines() if l.strip()]
+        errors = [l for l in lines if l.startswith("error: ")]
+        assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr[-3000:]
+        for noise in ("Traceback", "configuration:", "os.fork", "Warning"):
+            assert noise not in proc.stderr, proc.stderr[-3000:]
+        line = errors[0]
+    else:
+        line = _one_line(proc.stderr)
     assert re.search(pattern, line), line
 
 
@@ -361,13 +371,15 @@ def test_train_lgm_cli_short_and_unreadable_videos(tmp_path):
     for n in ("a", "b"):
         write_video(str(tmp_path / "short" / f"{n}.mp4"), np.zeros((3, 3, 32, 32), np.float32), fps=8)
     path = str(tmp_path / "short" / "a.mp4")
-    _assert_user_error(run("short"), rf"^error: {re.escape(path)}: fit_video: video has 3 frames, 9 are needed$")
+    _assert_user_error(run("short"), rf"^error: {re.escape(path)}: fit_video: video has 3 frames, 9 are needed$",
+                       progress=True)
     # An undecodable file: one line, none of ffmpeg's banner.
     os.makedirs(tmp_path / "bad")
     _garbage_video(tmp_path / "bad" / "a.mp4")
     _garbage_video(tmp_path / "bad" / "b.mp4")
     proc = run("bad")
-    _assert_user_error(proc, rf"^error: {re.escape(str(tmp_path / 'bad' / 'a.mp4'))}: cannot decode video")
+    _assert_user_error(proc, rf"^error: {re.escape(str(tmp_path / 'bad' / 'a.mp4'))}: cannot decode video",
+                       progress=True)
     assert "configuration:" not in proc.stderr
 
 

@@ -19,8 +19,16 @@ from vggrpo_jax.errors import OutputExistsError, PathNotFoundError, UserError, f
 EXIT_USER_ERROR = 2
 
 
+def _close_progress_bars() -> None:
+    """Ends any open tqdm bar (it leaves its line with a newline), so the error starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or ()):
+        bar.close()
+
+
 def fail(message: Any) -> NoReturn:
-    """Prints `error: message` on stderr and exits with status 2."""
+    """Prints `error: message` on stderr (on a line of its own) and exits with status 2."""
+    _close_progress_bars()
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(EXIT_USER_ERROR)
 

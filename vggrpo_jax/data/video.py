@@ -7,12 +7,19 @@ by name). Writers: .mp4 (libx264, yuv420p, so H and W must be even) and .gif.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Sequence
+import warnings
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from vggrpo_jax.errors import InputError, PathNotFoundError, first_line
+
+# imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp (so Ctrl-C does not reach ffmpeg): Python code in the forked
+# child of a multithreaded process (JAX) can deadlock before exec, and a video read then hangs forever (seen here with
+# an undecodable file; imageio-ffmpeg issue 58). This documented switch starts ffmpeg without a preexec_fn.
+os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
 
 __all__ = ["read_video", "write_video", "fit_video", "load_videos", "VideoError", "VideoReadError",
            "largest_valid_frame_count"]
@@ -76,6 +83,15 @@ def _to_uint8(video: Any) -> np.ndarray:
     return np.repeat(u, 3, axis=-1) if u.shape[-1] == 1 else u
 
 
+@contextlib.contextmanager
+def _quiet_fork() -> Iterator[None]:
+    """imageio-ffmpeg runs ffmpeg in a subprocess; JAX warns on every fork of its multithreaded process. A fork that
+    immediately execs ffmpeg is safe, so that warning would only be noise next to the user's own messages."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        yield
+
+
 # --------------------------------------------------------------------------------------------- reading
 def _read_frame_dir(path: str) -> np.ndarray:
     import imageio.v3 as iio  # noqa: PLC0415
@@ -109,7 +125,7 @@ def _read_file(path: str) -> np.ndarray:
         elif ext in _VIDEO_EXTS:
             import imageio.v2 as iio2  # noqa: PLC0415
 
-            with iio2.get_reader(path, format="FFMPEG") as reader:
+            with _quiet_fork(), iio2.get_reader(path, format="FFMPEG") as reader:
                 frames = np.stack([np.asarray(f) for f in reader])
         else:
             raise VideoReadError(f"{path}: unsupported extension {ext!r} (videos: {_VIDEO_EXTS}, .gif, or a frame folder)")
@@ -152,7 +168,7 @@ def write_video(path: str, video: Any, fps: float = 16.0, quality: float = 8.0) 
             raise VideoError(f"write_video: mp4 (yuv420p) needs even height and width, got {h}×{w}")
         import imageio.v2 as iio2  # noqa: PLC0415
 
-        with iio2.get_writer(
+        with _quiet_fork(), iio2.get_writer(
             path, format="FFMPEG", fps=fps, codec="libx264", quality=quality, pixelformat="yuv420p",
             macro_block_size=1,
         ) as writer:  # fmt: skip

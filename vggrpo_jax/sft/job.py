@@ -85,11 +85,19 @@ def latent_identity(c: Any, split: str, num_clips: int) -> dict:
     return ident
 
 
+def _vae(c: Any) -> Any:
+    """The VAE that encodes the clips: its weights are required (random latents would train a DiT on noise)."""
+    if not c.vae.checkpoint:
+        _fail("vae.checkpoint", c.vae.checkpoint, "the latent cache needs the trained VAE's weights (the toy zoo "
+              "VAE for configs/dit_toy.py)")
+    return build.build_vae(c)
+
+
 def _latents(c: Any, workdir: str) -> tuple[LatentSet, LatentSet]:
     d = c.data
     shape = (int(d.num_frames), int(d.height), int(d.width))
     root = os.path.join(workdir, "latents")
-    vae_fn = lambda: build.build_vae(c)  # noqa: E731 (only loaded when a cache is missing)
+    vae_fn = lambda: _vae(c)  # noqa: E731 (only loaded when a cache is missing)
     if d.source == "toyworld":
         parts = {"train": int(d.num_train), "heldout": int(d.num_heldout)}
         make = {s: (lambda s=s, n=n: toyworld_clips(s, n, source=d.toyworld_source, data_dir=d.data_dir or None,
