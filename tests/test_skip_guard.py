@@ -19,11 +19,11 @@ def test_skip_guard_counts_only_consecutive_skips():
 
 
 def test_grpo_run_stops_after_consecutive_skipped_updates(lgm_dir, tmp_path, monkeypatch):  # noqa: F811
-    from vggrpo_jax import trainer as trainer_module
+    from vggrpo_jax.grpo import trainer as trainer_module
     from vggrpo_jax.training import read_metrics
     from vggrpo_jax.train import train
 
-    def skipped_iteration(self, state, cond, uncond, key):
+    def skipped_iteration(self, state, cond, uncond, key, timer=None):
         metrics = {"train/skipped": 1.0, "train/kl": 0.0, "reward/motion_mean": 0.5, "reward/geo_mean": -1.0}
         return state, metrics, None
 
