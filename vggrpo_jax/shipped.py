@@ -48,9 +48,16 @@ def save_state(directory: str, state: nnx.State, fmt: str, info: Mapping[str, An
     flat = {".".join(map(str, p)): np.asarray(v.get_value(), np.float32) for p, v in nnx.to_flat_state(state)}
     save_file(flat, path)
     manifest = {"format": fmt, **dict(info), "sha256": sha256(path), "bytes": os.path.getsize(path)}
-    with open(os.path.join(directory, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True, default=_jsonable)
+    write_manifest(directory, manifest)
     return manifest
+
+
+def write_manifest(directory: str, manifest: Mapping[str, Any]) -> None:
+    """Writes <directory>/manifest.json atomically (temporary file + rename): a crash never leaves half a manifest."""
+    tmp = os.path.join(directory, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(dict(manifest), f, indent=1, sort_keys=True, default=_jsonable)
+    os.replace(tmp, os.path.join(directory, MANIFEST))
 
 
 def read_manifest(directory: str, fmt: str) -> dict:

@@ -11,8 +11,6 @@ against the architecture (one error listing all differences), and returns the re
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from typing import Any, Mapping
 
@@ -21,11 +19,11 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from vggrpo_jax import shipped
 from vggrpo_jax.models.wan.vae import WanVAE, WanVAEConfig
+from vggrpo_jax.shipped import WEIGHTS, sha256
 
 FORMAT = "vggrpo_vae/1"
-WEIGHTS = "model.safetensors"
-MANIFEST = "manifest.json"
 
 
 def config_fields(cfg: WanVAEConfig) -> dict[str, Any]:
@@ -49,14 +47,6 @@ def flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
             for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_model(directory: str, model: WanVAE, info: Mapping[str, Any]) -> dict:
     """Writes weights + manifest (``info``: config, steps, data, held-out metrics); returns the manifest."""
     os.makedirs(directory, exist_ok=True)
@@ -64,32 +54,13 @@ def save_model(directory: str, model: WanVAE, info: Mapping[str, Any]) -> dict:
     save_file(flat_params(model), path)
     manifest = {"format": FORMAT, "model": config_fields(model.config), **dict(info), "sha256": sha256(path),
                 "bytes": os.path.getsize(path)}
-    tmp = os.path.join(directory, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True, default=_jsonable)
-    os.replace(tmp, os.path.join(directory, MANIFEST))
+    shipped.write_manifest(directory, manifest)
     return manifest
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, tuple):
-        return list(x)
-    raise TypeError(f"manifest: {type(x).__name__} is not JSON")
 
 
 def read_manifest(directory: str) -> dict:
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no VAE manifest at {path}")
-    with open(path) as f:
-        manifest = json.load(f)
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest
+    """The VAE manifest of ``directory`` (format checked)."""
+    return shipped.read_manifest(directory, FORMAT)
 
 
 def load_model(directory: str, dtype: Any = jnp.float32) -> WanVAE:
