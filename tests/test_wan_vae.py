@@ -2,12 +2,14 @@
 
 The reference is built here with random weights (norm gammas and biases randomised too), saved with diffusers'
 save_pretrained (config.json + safetensors) and loaded through OUR converter from that directory. Our encode/decode
-run chunked (first chunk, then lax.scan); the reference runs its own chunk loop in PyTorch fp32.
+run chunked (first chunk, then the steady chunks unrolled, or in one lax.scan with unroll_chunks=0); the reference
+runs its own chunk loop in PyTorch fp32.
 Tolerance: max-abs ≤ 1e-4 (fp32; measured ≈ 1e-6).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -66,9 +68,10 @@ _encode = nnx.jit(lambda m, x: m.encode(x))
 _decode = nnx.jit(lambda m, z: m.decode(z))
 
 
-@pytest.mark.parametrize("frames", [1, 5, 9])
-def test_encode_decode_parity(pair, frames):
+@pytest.mark.parametrize("frames,unroll", [(1, 4), (5, 4), (9, 4), (9, 0)], ids=["1", "5", "9", "9-scan"])
+def test_encode_decode_parity(pair, frames, unroll):
     cfg, ref, model, _ = pair
+    model.config = dataclasses.replace(model.config, unroll_chunks=unroll)
     batch = 2 if frames == 5 else 1
     x = np.random.default_rng(frames).uniform(-1, 1, (batch, 3, frames, HEIGHT, WIDTH)).astype(np.float32)
     with torch.no_grad():

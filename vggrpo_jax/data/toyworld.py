@@ -82,6 +82,11 @@ class ToyworldConfig:
     fov_deg: float = 60.0  # horizontal field of view
     ground_half_extent: float = 6.0
     checker_size: float = 0.5
+    # Colour rendered from supersample² rays per pixel (box filter), so far-away checkers blend to their mean instead
+    # of aliasing into pixel noise; depth, points and ids stay those of the pixel-centre ray.
+    supersample: int = 1
+    # Scales the difference between the two checker colours about their mean (1 = the full light/dark pair).
+    checker_contrast: float = 1.0
 
     def __post_init__(self):
         if self.num_frames < 1 or self.height < 1 or self.width < 1:
@@ -101,6 +106,10 @@ class ToyworldConfig:
             raise ValueError(f"min_moving must be in [0, num_objects={self.num_objects}], got {self.min_moving}")
         if not 1.0 <= self.fov_deg <= 150.0:
             raise ValueError(f"fov_deg must be in [1, 150], got {self.fov_deg}")
+        if not 0 < self.checker_contrast <= 1:
+            raise ValueError(f"checker_contrast must be in (0, 1], got {self.checker_contrast}")
+        if not 1 <= self.supersample <= 8:
+            raise ValueError(f"supersample must be in [1, 8], got {self.supersample}")
         if not (self.checker_size > 0 and self.ground_half_extent > 0):
             raise ValueError(
                 f"checker_size and ground_half_extent must be positive, got {self.checker_size}, "
@@ -276,7 +285,9 @@ def _render_frame(scene, cfg: ToyworldConfig, c2w, K, frame, height, width):
 
     light = jnp.asarray(_LIGHT)
     checker = (jnp.floor(p[:, 0] / cfg.checker_size) + jnp.floor(p[:, 1] / cfg.checker_size)) % 2
-    ground_rgb = jnp.where(checker[:, None] > 0, jnp.array([0.78, 0.76, 0.7]), jnp.array([0.35, 0.34, 0.32]))
+    light_sq, dark_sq = jnp.array([0.78, 0.76, 0.7]), jnp.array([0.35, 0.34, 0.32])
+    mid, half = (light_sq + dark_sq) / 2, cfg.checker_contrast * (light_sq - dark_sq) / 2
+    ground_rgb = jnp.where(checker[:, None] > 0, mid + half, mid - half)
     ground_rgb = ground_rgb * (0.55 + 0.45 * light[2])
     oi = jnp.clip(obj, 0, None)
     nrm = jnp.take_along_axis(n_obj, oi[:, None, None], 1)[:, 0]
@@ -305,6 +316,11 @@ def _render(seed: jax.Array, traced: dict[str, jax.Array], cfg: ToyworldConfig) 
     K = toyworld_intrinsics(H, W, cfg.fov_deg)
     frames = jnp.arange(F, dtype=jnp.float32)
     out = jax.lax.map(lambda a: _render_frame(scene, cfg, a[0], K, a[1], H, W), (c2w, frames))
+    if cfg.supersample > 1:
+        s = cfg.supersample
+        Ks = toyworld_intrinsics(s * H, s * W, cfg.fov_deg)
+        fine = jax.lax.map(lambda a: _render_frame(scene, cfg, a[0], Ks, a[1], s * H, s * W)["video"], (c2w, frames))
+        out["video"] = fine.reshape(F, H, s, W, s, 3).mean((2, 4))
     obj = out["object_id"]
     moving_px = lambda ids: jnp.where(ids >= 0, scene["moving"][jnp.clip(ids, 0, None)], False)
     vel_px = lambda ids: jnp.where((ids >= 0)[..., None], scene["vel"][jnp.clip(ids, 0, None)], 0.0)

@@ -145,10 +145,17 @@ class ToyworldBuilderConfig(tfds.core.BuilderConfig):
     # 1-unit checkers (≈ 5–11 px near the camera at 64 × 64): the toyworld default 0.5 aliases into 1–2 px stripes
     # at the far end of the floor, detail an 8×-downsampling toy VAE cannot carry (see configs/lgm_toy.py).
     checker_size: float = 1.0
+    # Anti-aliased colour (4² rays per pixel) and a softer checker pair (30 % of the full light/dark difference):
+    # measured with a 16-component linear code of 4×8×8 blocks (the toy VAE's compression), held-out PSNR goes
+    # 19.4 dB (aliased, full contrast) → 21.3 (anti-aliased) → 26.5 dB (and 30 % contrast), while the floor
+    # stays textured for the geometry model and SIFT. The tiny config keeps 1 ray and full contrast (fast tests).
+    supersample: int = 1
+    checker_contrast: float = 1.0
 
     def toyworld_config(self) -> ToyworldConfig:
         return ToyworldConfig(num_frames=self.num_frames, height=self.height, width=self.width,
-                              num_objects=self.num_objects, checker_size=self.checker_size)
+                              num_objects=self.num_objects, checker_size=self.checker_size,
+                              supersample=self.supersample, checker_contrast=self.checker_contrast)
 
 
 def _zoo_config() -> ToyworldBuilderConfig:
@@ -156,7 +163,8 @@ def _zoo_config() -> ToyworldBuilderConfig:
 
     f, h, w = VIDEO
     return ToyworldBuilderConfig(name="zoo", description=f"The zoo's data: {f}×{h}×{w} clips, 2048 train, 256 held out",
-                                 num_frames=f, height=h, width=w, num_train=2048, num_heldout=256)
+                                 num_frames=f, height=h, width=w, num_train=2048, num_heldout=256,
+                                 supersample=4, checker_contrast=0.3)
 
 
 def builder_config(name: str = "zoo") -> ToyworldBuilderConfig:
@@ -170,8 +178,11 @@ def builder_config(name: str = "zoo") -> ToyworldBuilderConfig:
 class Toyworld(tfds.core.GeneratorBasedBuilder):
     """toyworld: procedural scenes with exact cameras, depth, points and scene flow (see the module docstring)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release: static/dynamic scenes, smooth/jittered cameras, seed-split."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release: static/dynamic scenes, smooth/jittered cameras, seed-split.",
+        "1.1.0": "zoo: anti-aliased colour (supersample 4) and checker contrast 0.3.",
+    }
     BUILDER_CONFIGS = [
         _zoo_config(),
         ToyworldBuilderConfig(name="tiny", description="Tests: 5×16×16 clips, 6 train, 3 held out",

@@ -132,14 +132,21 @@ def unpatchify(x: jax.Array, p: int | None) -> jax.Array:
     return x.transpose(0, 1, 2, 6, 3, 5, 4).reshape(b, f, h * p, w * p, cp // (p * p))
 
 
-def _run_chunks(step, first: jax.Array, rest: jax.Array | None) -> jax.Array:
-    """Runs `step(chunk, cache) -> (out, cache)` over the first chunk, then lax.scan over `rest` (N, B, T, ...).
+def _run_chunks(step, first: jax.Array, rest: jax.Array | None, unroll: int = 0) -> jax.Array:
+    """Runs `step(chunk, cache) -> (out, cache)` over the first chunk, then over `rest` (N, B, T, ...): a Python loop
+    when N <= `unroll`, else one lax.scan (see WanVAEConfig.unroll_chunks).
 
     Returns the outputs concatenated along time: (B, T_out_total, ...).
     """
     y0, cache = step(first, None)
     if rest is None or rest.shape[0] == 0:
         return y0
+    if rest.shape[0] <= unroll:
+        outs = [y0]
+        for chunk in rest:
+            y, cache = step(chunk, cache)
+            outs.append(y)
+        return jnp.concatenate(outs, axis=1)
 
     def body(carry, chunk):
         y, carry = step(chunk, carry)
@@ -243,14 +250,14 @@ class WanVAE(nnx.Module):
         rest = None
         if k:
             rest = jnp.swapaxes(x[:, 1:].reshape(b, k, 4, *x.shape[2:]), 0, 1)  # (k, B, 4, H, W, C)
-        h = _run_chunks(self.encoder, x[:, :1], rest)
+        h = _run_chunks(self.encoder, x[:, :1], rest, self.config.unroll_chunks)
         return self.quant_conv(h)[0].astype(jnp.float32)
 
     def _decode_raw(self, z: jax.Array) -> jax.Array:
         """Channels-last latents (B, F', h, w, z) → decoder output (B, F, H, W, C·p²) before unpatchify/clipping."""
         z = constrain(self.post_quant_conv(z.astype(self.config.dtype))[0], _ACT)
         rest = jnp.swapaxes(z[:, 1:], 0, 1)[:, :, None]  # (F'-1, B, 1, h, w, z)
-        return _run_chunks(self.decoder, z[:, :1], rest).astype(jnp.float32)
+        return _run_chunks(self.decoder, z[:, :1], rest, self.config.unroll_chunks).astype(jnp.float32)
 
     def _video_in(self, video: jax.Array) -> jax.Array:
         self._check_video(video)
