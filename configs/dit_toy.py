@@ -4,7 +4,7 @@
 
 Clips of zoo.VIDEO = 17×64×64 → latents of 5×8×8; the DiT sees 5×4×4 = 80 tokens. Full fine-tuning from a seeded
 random init (pretraining); the text encoder is the toy UMT5 with a sentencepiece tokenizer trained on the captions.
-Needs the trained toy VAE: set vae.checkpoint (the zoo's VAE); the job refuses to build latents without it. Throughput: benchmarks/finetune_step.py (0.32 M parameters, 27 samples/s at B = 16 on the
+Needs the trained toy VAE (vae.checkpoint = "zoo:vae"); the job refuses to build latents without trained VAE weights. Throughput: benchmarks/finetune_step.py (0.32 M parameters, 27 samples/s at B = 16 on the
 shared 2-core machine).
 """
 
@@ -26,6 +26,7 @@ def get_config():
     c.lora.rank = 0
     c.finetune.mode = "full"
     c.vae.preset = "tiny21"
+    c.vae.checkpoint = "zoo:vae"  # the trained toy VAE (its architecture comes from the zoo manifest)
     c.text.max_length = 64
     c.text.dtype = "float32"
     c.text.toy_dim = 32

@@ -113,6 +113,36 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
     assert full["heldout_fm_loss"] == again["heldout_fm_loss"]
 
 
+def test_export_ships_the_dit_and_its_toy_text_encoder(tmp_path):
+    """The exported DiT holds the trained parameters; the exported text encoder (tokenizer + weights) embeds prompts
+    exactly as the encoder the job trained with (rebuilt here from the same workdir tokenizer and seed)."""
+    from flax import nnx  # noqa: PLC0415
+
+    from vggrpo_jax import backbones  # noqa: PLC0415
+    from vggrpo_jax.data.toy_text import load_text  # noqa: PLC0415
+    from vggrpo_jax.sft.export import load_dit  # noqa: PLC0415
+
+    workdir = str(tmp_path / "run")
+    c = _config(2)
+    c.export.text_dir = str(tmp_path / "text")
+    _write_latents(c, workdir)
+    out = run(c, workdir)
+    dit = load_dit(os.path.join(workdir, "export"))
+    shipped = jax.tree.leaves(nnx.state(dit, nnx.Param))
+    trained = jax.tree.leaves(jax.device_get(out["state"]["params"]))
+    assert len(shipped) == len(trained)
+    for a, b in zip(sorted(shipped, key=lambda x: (x.shape, float(np.sum(x)))),
+                    sorted(trained, key=lambda x: (x.shape, float(np.sum(x))))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    text = load_text(str(tmp_path / "text"), batch_size=2)
+    prompts = ["A red cube on a checkered floor, the camera orbits", ""]
+    again = backbones.build_text_encoder(c, workdir, None, make_prompts(8, seed=0) + [""])
+    got, want = text.encode(prompts), again.encode(prompts)
+    for a, b in zip(got, want):  # batch sizes differ (2 vs the config's): float32 reduction order only
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert float(np.abs(got[0][0]).sum()) > 0
+
+
 def test_loss_falls_on_a_tiny_overfit_case(tmp_path):
     workdir = str(tmp_path / "fit")
     c = _config(80, lr=1e-2)

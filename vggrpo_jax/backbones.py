@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from vggrpo_jax import zoo
 from vggrpo_jax.checkpoint import restore_params
 from vggrpo_jax.data.prompts import read_prompts
 from vggrpo_jax.errors import ConfigError, PathNotFoundError
@@ -28,6 +29,7 @@ from vggrpo_jax.models.wan.vae_config import WanVAEConfig
 from vggrpo_jax.policy import Policy, wan_config_from
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ZOO_PREFIX = "zoo:"  # a checkpoint path "zoo:<name>" loads the toy world's shipped model <name> (vggrpo_jax.zoo)
 
 
 def _require(path: str, key: str, what: str) -> str:
@@ -123,7 +125,22 @@ def build_policy(config: Any, mesh: Mesh | None, text_dim: int, latent_channels:
 
 # --------------------------------------------------------------------------------------------------- geometry
 # VAE and Any4D from a config's `vae` / `any4d` sections (LGM and GRPO configs share them) and `seed`.
+def zoo_name(path: Any) -> str | None:
+    """The zoo model a checkpoint path names ("zoo:vae" → "vae"), or None for a filesystem path."""
+    if isinstance(path, str) and path.startswith(ZOO_PREFIX):
+        name = path[len(ZOO_PREFIX):]
+        if name not in zoo.REGISTRY:
+            raise ConfigError(f"checkpoint {path!r}: the zoo has no model {name!r}; it has {sorted(zoo.REGISTRY)}")
+        return name
+    return None
+
+
 def vae_config(c: Any) -> WanVAEConfig:
+    """The preset's architecture, or the shipped model's (from its manifest) when vae.checkpoint is "zoo:vae"."""
+    name = zoo_name(c.vae.checkpoint)
+    if name:
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in zoo.manifest(name)["model"].items()}
+        return WanVAEConfig(**fields, dtype=_DTYPES[c.vae.dtype])
     return getattr(WanVAEConfig, c.vae.preset)(dtype=_DTYPES[c.vae.dtype])
 
 
@@ -140,12 +157,15 @@ def _is_orbax_dir(path: str) -> bool:
 
 
 def build_vae(c: Any) -> WanVAE:
-    """The Wan VAE: converted weights (diffusers dir / .safetensors / original .pth / orbax dir), or random weights
-    (lgm/host_init.py, seed config.seed) when vae.checkpoint is empty (toy runs only)."""
+    """The Wan VAE: converted weights (diffusers dir / .safetensors / original .pth / orbax dir), the toy zoo's
+    trained VAE ("zoo:vae"), or random weights (lgm/host_init.py, seed config.seed) when vae.checkpoint is empty
+    (tests only)."""
     cfg = vae_config(c)
     path = c.vae.checkpoint
     if not path:
         return random_init(lambda: WanVAE(cfg, nnx.Rngs(0)), c.seed)
+    if zoo_name(path):
+        return zoo.load(zoo_name(path), dtype=cfg.dtype)
     if not os.path.exists(path):
         raise PathNotFoundError(f"config.vae.checkpoint={path!r}: no such path")
     abstract = nnx.eval_shape(lambda: WanVAE(cfg, nnx.Rngs(0)))

@@ -256,10 +256,19 @@ PATH_KEYS = ("dit.checkpoint", "vae.checkpoint", "any4d.checkpoint", "lgm.checkp
 
 
 def _check_paths(c: ConfigDict) -> None:
-    """Every path the config names exists (checked before anything is loaded; "toyworld" is not a path)."""
+    """Every path the config names exists (checked before anything is loaded; "toyworld" is not a path, and
+    "zoo:<name>" names a shipped toy-world model, which must be shipped)."""
+    from vggrpo_jax import zoo  # noqa: PLC0415
+
     for key in PATH_KEYS:
         value = _get(c, key)
-        if value and value != "toyworld" and not os.path.exists(value):
+        if isinstance(value, str) and value.startswith("zoo:"):
+            name = value[len("zoo:"):]
+            if name not in zoo.REGISTRY:
+                raise PathNotFoundError(f"config.{key}={value!r}: the zoo has no model {name!r} ({sorted(zoo.REGISTRY)})")
+            if not os.path.isfile(os.path.join(zoo.weights_dir(name), "manifest.json")):
+                raise PathNotFoundError(f"config.{key}={value!r}: not shipped yet; train it with: {zoo.REGISTRY[name][1]}")
+        elif value and value != "toyworld" and not os.path.exists(value):
             raise PathNotFoundError(f"config.{key}={value!r}: no such path")
 
 

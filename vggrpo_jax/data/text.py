@@ -272,8 +272,14 @@ class TextEncoder:
             from vggrpo_jax.parallel import place_state  # noqa: PLC0415
 
             state = place_state(state, mesh)
-        self._state = state
+        self._graphdef, self._state = graphdef, state
         self._forward = _forward_fn(graphdef)
+        self.fingerprint = fingerprint
+
+    @property
+    def encoder(self) -> nnx.Module:
+        """The encoder module (its current weights), e.g. to export it."""
+        return nnx.merge(self._graphdef, self._state)
 
     def _run(self, cleaned: list[str]) -> list[np.ndarray]:
         """Encodes up to batch_size cleaned prompts → their trimmed (length, D) float32 embeddings."""

@@ -8,7 +8,7 @@ training layer (`vggrpo_jax.training`: orbax checkpoints with exact resume, the 
 metrics.jsonl, progress bar, SIGTERM → save). Batches and augmentation noise are functions of (seed, step), so a
 resumed run repeats the uninterrupted one exactly. Every `train.eval_every` steps a quick held-out evaluation is
 logged; at the end the full held-out report (evaluate.py) is printed and written to DIR/heldout.json, and the model
-is exported (export.py) to DIR/export, ready for the zoo.
+is exported (export.py) to DIR/export (or config.export.dir), ready for the zoo.
 """
 
 from __future__ import annotations
@@ -180,7 +180,8 @@ def run(c: Any, workdir: str) -> dict:
         "heldout": summary,
         "parameters": n_params,
     }
-    save_model(os.path.join(workdir, "export"), final, dict(c.model), info)
+    export_dir = c.get("export", {}).get("dir", "") or os.path.join(workdir, "export")
+    save_model(export_dir, final, dict(c.model), info)
     return report
 
 

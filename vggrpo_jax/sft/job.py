@@ -13,7 +13,8 @@
 5. Loop: the training layer (orbax checkpoints with exact resume, optax factory, tensorboard, progress bar, SIGTERM).
    The batch indices, caption dropout, σ and noise of step s are functions of (seed, s): a resumed run is the
    uninterrupted one. Every `train.eval_every` steps the held-out flow-matching loss (fixed σ and noise) is logged.
-6. Export (full mode): DIR/export/{model.safetensors, manifest.json} (the zoo's format).
+6. Export (full mode): DIR/export/{model.safetensors, manifest.json} (the zoo's format; or config.export.dir), and
+   for the toy text encoder DIR/export_text (or config.export.text_dir): tokenizer + encoder (data/toy_text.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from flax import nnx
 
 from vggrpo_jax import backbones as build
 
-from vggrpo_jax import parallel, training
+from vggrpo_jax import parallel, training, zoo
 from vggrpo_jax.models.lora import LoRAParam
 from vggrpo_jax.models.wan.transformer import WanTransformer
 from vggrpo_jax.policy import wan_config_from
@@ -78,6 +79,8 @@ def latent_identity(c: Any, split: str, num_clips: int) -> dict:
     d = c.data
     ident = {"source": d.source, "shape": [int(d.num_frames), int(d.height), int(d.width)], "split": split,
              "num_clips": int(num_clips), "vae": {k: str(v) for k, v in dict(c.vae).items()}}
+    if build.zoo_name(c.vae.checkpoint):  # a retrained zoo VAE must not reuse latents of the previous one
+        ident["vae"]["sha256"] = zoo.manifest(build.zoo_name(c.vae.checkpoint))["sha256"]
     if d.source == "toyworld":
         ident["toyworld"] = d.data_config
     else:
@@ -115,16 +118,17 @@ def _latents(c: Any, workdir: str) -> tuple[LatentSet, LatentSet]:
     return sets[0], sets[1]
 
 
-def _captions(c: Any, workdir: str, mesh: Any, captions: list[str]) -> CaptionEmbeddings:
+def _captions(c: Any, workdir: str, mesh: Any, captions: list[str]) -> tuple[CaptionEmbeddings, Any]:
+    """(caption embeddings, the TextEncoder when one was built here: the toy encoder is exported with the DiT)."""
     t = c.text
     if t.cache_dir and t.checkpoint:  # real runs: read the filled cache, never load the encoder
         from vggrpo_jax.data.text import open_cache  # noqa: PLC0415
 
         cache = open_cache(t.cache_dir, t.tokenizer, t.checkpoint, compute_dtype=build._DTYPES[t.dtype],
                            max_length=int(t.max_length))
-        return CaptionEmbeddings.from_cache(cache, captions)
+        return CaptionEmbeddings.from_cache(cache, captions), None
     encoder = build.build_text_encoder(c, workdir, mesh, captions)
-    return CaptionEmbeddings.from_encoder(encoder, captions, int(t.max_length))
+    return CaptionEmbeddings.from_encoder(encoder, captions, int(t.max_length)), encoder
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -161,7 +165,7 @@ def run(c: Any, workdir: str) -> dict:
     mesh = parallel.make_mesh(c.mesh)
     fm = FlowMatchingConfig(**dict(c.finetune.flow))
     train_set, held_set = _latents(c, workdir)
-    text = _captions(c, workdir, mesh, train_set.captions + held_set.captions + [""])
+    text, text_encoder = _captions(c, workdir, mesh, train_set.captions + held_set.captions + [""])
     x_shape = tuple(train_set.latents.shape[1:])
     text_dim = int(text.batch([""]).shape[-1])
     graphdef, params, frozen, wcfg = _model(c, mesh, text_dim, x_shape[0])
@@ -246,10 +250,17 @@ def run(c: Any, workdir: str) -> dict:
         json.dump(summary, f, indent=1)
     logging.info("held-out flow-matching loss after %d steps: %.5f", total, final["heldout/fm_loss"])
     if c.finetune.mode == "full":
-        save_dit(os.path.join(workdir, "export"), jax.device_get(state["params"]), wcfg, {
+        export = c.get("export", {})
+        save_dit(export.get("dir", "") or os.path.join(workdir, "export"), jax.device_get(state["params"]), wcfg, {
             "config": json.loads(c.to_json_best_effort()), "steps": total, "heldout": summary,
             "data": {"source": c.data.source, "train": train_set.ids[:1] + train_set.ids[-1:],
                      "num_train": len(train_set), "num_heldout": len(held_set)}})
+        if text_encoder is not None and not c.text.checkpoint:  # the toy encoder: ship it with its DiT
+            from vggrpo_jax.data.toy_text import save_text  # noqa: PLC0415
+
+            save_text(export.get("text_dir", "") or os.path.join(workdir, "export_text"),
+                      os.path.join(workdir, "toy_tokenizer"), text_encoder.encoder, int(c.text.max_length),
+                      text_encoder.fingerprint, {"config": json.loads(c.to_json_best_effort())})
     return {"state": state, "graphdef": graphdef, "frozen": frozen, **summary}
 
 

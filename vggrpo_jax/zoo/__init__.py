@@ -26,6 +26,15 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "vae": ("vggrpo_jax.toy_vae.export:load_model",
             "python -m vggrpo_jax.train_vae --config=configs/vae_toy.py --workdir=DIR "
             "--config.export.dir=vggrpo_jax/zoo/weights/vae"),
+    "geometry": ("vggrpo_jax.geometry_model.export:load_model",
+                 "python -m vggrpo_jax.train_geometry --config=configs/geometry_toy.py --workdir=DIR "
+                 "--config.export.dir=vggrpo_jax/zoo/weights/geometry"),
+    "dit": ("vggrpo_jax.sft.export:load_dit",
+            "python -m vggrpo_jax.finetune --config=configs/dit_toy.py --workdir=DIR "
+            "--config.export.dir=vggrpo_jax/zoo/weights/dit --config.export.text_dir=vggrpo_jax/zoo/weights/text"),
+    "text": ("vggrpo_jax.data.toy_text:load_text",
+             "python -m vggrpo_jax.finetune --config=configs/dit_toy.py --workdir=DIR "
+             "--config.export.dir=vggrpo_jax/zoo/weights/dit --config.export.text_dir=vggrpo_jax/zoo/weights/text"),
 }
 
 
