@@ -206,3 +206,36 @@ def test_pad_embeddings_and_inputs():
     with pytest.raises(ValueError, match="one width"):
         pad_embeddings([np.ones((2, 4)), np.ones((2, 5))])
     assert clean_prompt("  a&amp;amp;b \n\t c ") == "a&b c"
+
+
+def test_filled_cache_serves_the_run_without_loading_the_encoder(tmp_path, tokenizer_dir, hf_dir, encoded, monkeypatch):
+    """build_text_encoder with a complete cache never loads UMT5 (it would sit in HBM next to the DiT); with one
+    prompt missing it loads the encoder as before."""
+    from vggrpo_jax import backbones
+    from vggrpo_jax.config import base_config
+    from vggrpo_jax.data.text import CachedTextEncoder
+
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text(PROMPTS[0] + "\n" + PROMPTS[1] + "\n")
+    cache_dir = tmp_path / "cache"
+    tool = _load_tool("cache_text_embeddings")
+    assert tool.main(["--prompts", str(prompts_file), "--tokenizer", tokenizer_dir, "--encoder", hf_dir,
+                      "--out", str(cache_dir), "--batch-size", "4", "--compute-dtype", "float32"]) == 0
+    c = base_config()
+    c.text.tokenizer, c.text.checkpoint, c.text.cache_dir, c.text.dtype = tokenizer_dir, hf_dir, str(cache_dir), "float32"
+
+    loads = []
+    real_load = conv.load_encoder
+    monkeypatch.setattr(conv, "load_encoder", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    text = backbones.build_text_encoder(c, str(tmp_path), None, PROMPTS[:2])
+    assert isinstance(text, CachedTextEncoder) and loads == []
+    emb, lengths = text.encode(PROMPTS[:2])
+    np.testing.assert_allclose(emb, encoded[0][:2], atol=1e-6)
+    np.testing.assert_array_equal(lengths, encoded[1][:2])
+    np.testing.assert_allclose(text.negative_embedding(), encoded[0][2], atol=1e-6)
+    with pytest.raises(KeyError, match="not in the embedding cache"):
+        text.encode_trimmed(["a prompt nobody cached"])
+
+    # one corpus prompt missing: the encoder is loaded (and fills the cache), as without a cache
+    text = backbones.build_text_encoder(c, str(tmp_path), None, PROMPTS[:2] + ["a prompt nobody cached"])
+    assert isinstance(text, TextEncoder) and len(loads) == 1

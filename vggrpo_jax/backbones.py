@@ -86,8 +86,11 @@ def _toy_tokenizer(workdir: str, corpus: Sequence[str]) -> Any:
 
 
 def build_text_encoder(config: Any, workdir: str, mesh: Mesh | None, corpus: Sequence[str]) -> Any:
-    """A data.text.TextEncoder: prompts → (B, 512, D) zero-padded UMT5 embeddings (with the on-disk cache)."""
-    from vggrpo_jax.data.text import TextEncoder, text_encoder_from_paths  # noqa: PLC0415
+    """A data.text.TextEncoder: prompts → (B, 512, D) zero-padded UMT5 embeddings (with the on-disk cache).
+
+    With text.cache_dir holding every prompt of `corpus` and the empty negative prompt, a data.text.CachedTextEncoder
+    (same interface, cache only: no encoder weights are loaded)."""
+    from vggrpo_jax.data.text import CachedTextEncoder, TextEncoder, open_cache, text_encoder_from_paths  # noqa: PLC0415
 
     t = config.text
     cache = t.cache_dir or None
@@ -95,6 +98,13 @@ def build_text_encoder(config: Any, workdir: str, mesh: Mesh | None, corpus: Seq
     if t.checkpoint or not config.allow_random_init:
         _require(t.tokenizer, "text.tokenizer", "UMT5 tokenizer directory")
         _require(t.checkpoint, "text.checkpoint", "UMT5 encoder checkpoint (tools/convert_umt5.py)")
+        if cache:
+            # Every prompt (and the empty negative) already cached: serve them without loading the encoder, so the
+            # 11 GiB UMT5-XXL never occupies device memory next to the DiT (a single 16 GiB chip could not hold both).
+            # The identity is the one text_encoder_from_paths would compute (weights as stored, compute dtype).
+            entries = open_cache(cache, t.tokenizer, t.checkpoint, compute_dtype=_DTYPES[t.dtype])
+            if not entries.missing([""] + list(corpus)):
+                return CachedTextEncoder(entries)
         return text_encoder_from_paths(t.tokenizer, t.checkpoint, cache_dir=cache, batch_size=batch,
                                        compute_dtype=_DTYPES[t.dtype], mesh=mesh)
     from vggrpo_jax.models import umt5  # noqa: PLC0415

@@ -343,6 +343,42 @@ class TextEncoder:
         return self._negative[negative_prompt]
 
 
+class CachedTextEncoder:
+    """The TextEncoder interface (encode_trimmed, encode, negative_embedding) served by a filled EmbeddingCache alone.
+
+    No encoder weights are loaded, so a run whose prompts were all cached by tools/cache_text_embeddings.py never
+    holds UMT5 (5.7B parameters, 11 GiB in bf16) in device memory. A prompt that is not cached raises KeyError naming
+    it (build the cache for the prompt file first).
+    """
+
+    def __init__(self, cache: EmbeddingCache):
+        self.cache = cache
+        self.max_length = cache.max_length
+        self.identity = cache.identity
+        self.encoder_batches = 0  # never runs an encoder (same counter as TextEncoder, for logs and tests)
+
+    def encode_trimmed(self, prompts: Sequence[str]) -> list[np.ndarray]:
+        """Each prompt's trimmed (length, D) float32 embedding, from the cache."""
+        if isinstance(prompts, str):
+            raise TypeError("CachedTextEncoder.encode_trimmed takes a list of prompts, got a single str")
+        found = [self.cache.get(p) for p in prompts]
+        missing = [p for p, e in zip(prompts, found) if e is None]
+        if missing:
+            raise KeyError(f"{len(missing)} prompt(s) not in the embedding cache {self.cache.dir}: {missing[:5]}; "
+                           "fill it with tools/cache_text_embeddings.py")
+        return found
+
+    def encode(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(B, max_length, D) float32 zero-padded embeddings and lengths (B,) int32."""
+        if len(prompts) == 0:
+            raise ValueError("CachedTextEncoder.encode: empty prompt list")
+        return pad_embeddings(self.encode_trimmed(prompts), self.max_length)
+
+    def negative_embedding(self, negative_prompt: str = "") -> np.ndarray:
+        """(max_length, D) embedding of the negative prompt (cached by the tool with every prompt file)."""
+        return self.encode([negative_prompt])[0][0]
+
+
 def text_encoder_from_paths(
     tokenizer_dir: str,
     encoder_path: str,
