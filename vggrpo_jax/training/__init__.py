@@ -2,7 +2,8 @@
 
     checkpoint.py  Checkpointer (orbax CheckpointManager: atomic, async, keep-N, exact resume incl. the data
                    iterator's position and JSON metadata, one layout check naming the differing leaf, restore at
-                   given shardings, fallback to the last intact step); save_params / restore_params for converted
+                   given shardings; an unreadable step is reported in one line, moved to
+                   <checkpoints>/damaged/<step> and the newest intact one is restored); save_params / restore_params for converted
                    weights
     optim.py       OptimConfig.from_config(config.optim) → make_optimizer(cfg, total_steps, mask=…): one optax chain
     metrics.py     MetricWriter (tensorboard + metrics.jsonl, process 0), read_metrics, StepTimer
@@ -31,6 +32,7 @@ A job written on it (the whole resumable training loop):
 """
 
 from vggrpo_jax.training.checkpoint import (
+    CheckpointDamagedError,
     Checkpointer,
     LayoutMismatchError,
     check_layout,
@@ -43,6 +45,6 @@ from vggrpo_jax.training.metrics import MetricWriter, StepTimer, read_metrics
 from vggrpo_jax.training.optim import OptimConfig, make_optimizer, make_schedule
 
 __all__ = [
-    "Checkpointer", "LayoutMismatchError", "MetricWriter", "OptimConfig", "StepTimer", "StopRequested", "TrainLoop",
+    "CheckpointDamagedError", "Checkpointer", "LayoutMismatchError", "MetricWriter", "OptimConfig", "StepTimer", "StopRequested", "TrainLoop",
     "check_layout", "flatten", "make_optimizer", "make_schedule", "read_metrics", "restore_params", "save_params",
 ]

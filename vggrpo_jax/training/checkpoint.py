@@ -10,15 +10,24 @@ A train-state checkpoint is one orbax CheckpointManager step holding three items
     meta     free JSON: the data-iterator position, the step counter of the job, anything the job needs to resume
 
 Writes are atomic: orbax writes a step into a temporary directory and renames it when complete, so a crash or a
-preemption mid-save leaves no step that a later run would load. Typed PRNG keys are stored as their raw key data
+preemption mid-save leaves no step that a later run would load. A step damaged afterwards (a truncated, missing or
+corrupt file: a full disk, a bad copy) is reported in one warning line naming it and its file, moved to
+<directory>/damaged/<step> (kept for inspection, never deleted) and the restore takes the newest intact step; the
+resumed run then writes that step number afresh. Typed PRNG keys are stored as their raw key data
 and re-wrapped on restore. Restoring reads each array directly at its target sharding (the live leaf's sharding, or
 an explicit `shardings` tree), so a state never has to fit on one device.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging as stdlib_logging
 import os
-from typing import Any, Iterable
+import re
+import sys
+import threading
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,10 +36,55 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from vggrpo_jax.checkpoint import restore_params, save_params
+from vggrpo_jax.errors import UserError, first_line
 
 
 class LayoutMismatchError(ValueError):
-    """A checkpoint's leaves differ from the live train state's (names, shapes or dtypes)."""
+    """A checkpoint's leaves differ from the live train state's (names, shapes or dtypes), or it lacks what the
+    restore asks for (a data-iterator position). Not damage: an older step of the same run would not match either."""
+
+
+class CheckpointDamagedError(UserError, RuntimeError):
+    """A checkpoint step cannot be read (a truncated, missing or corrupt file); the message names it."""
+
+
+DAMAGED_DIR = "damaged"  # <checkpoints>/damaged/<step>: where unreadable steps are set aside
+
+
+def describe_damage(err: BaseException, directory: str) -> str:
+    """One line for a failed read: the innermost error's type and first message line (shortened), and the most
+    specific path under `directory` that any error of the chain names (tensorstore buries it in its context)."""
+    chain, e = [], err
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    paths = [m for e in chain for m in re.findall(re.escape(directory) + r"[^\s\"'\],):\\]*", str(e))]
+    inner = chain[-1]
+    text = f"{type(inner).__name__}: {first_line(inner)}"
+    if len(text) > 160:
+        text = text[:157] + "..."
+    path = max(paths, key=len) if paths else None
+    return text + (f"; file {path}" if path and path not in text else "")
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax reports a failed read with pages of logs and asyncio tracebacks (from its reader threads and from the
+    coroutines left pending) before raising; the caller reports the failure in one line instead."""
+    loggers = [stdlib_logging.getLogger(n) for n in ("absl", "orbax", "asyncio")]
+    levels = [lg.level for lg in loggers]
+    hooks = sys.unraisablehook, threading.excepthook
+    for lg in loggers:
+        lg.setLevel(stdlib_logging.CRITICAL)
+    sys.unraisablehook = lambda *_: None
+    threading.excepthook = lambda *_: None
+    try:
+        yield
+    finally:
+        gc.collect()  # the pending coroutines of a failed read report themselves when collected: do it while quiet
+        sys.unraisablehook, threading.excepthook = hooks
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------------ flat trees
@@ -143,9 +197,15 @@ class Checkpointer:
         return True
 
     def read_meta(self, step: int | None = None) -> dict:
-        """The JSON metadata of `step` (default: the newest) without reading any array."""
-        step = self._step(step)
-        return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        """The JSON metadata of `step` without reading any array. Default: the newest step whose metadata reads;
+        newer ones that do not read are set aside as in `restore`."""
+        def read(s: int) -> dict:
+            return dict(self._manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
+        if step is not None:
+            return self._explicit(self._step(step), read)
+        self._step(None)
+        return self._newest_intact(read)
 
     def restore(self, like: Any, step: int | None = None, shardings: Any = None,
                 data: Any = None) -> tuple[int, Any, dict]:
@@ -154,29 +214,71 @@ class Checkpointer:
         Args:
           like: the live train state (arrays) or its abstract twin (ShapeDtypeStructs): gives structure, shapes,
             dtypes and, unless `shardings` is given, each leaf's target sharding.
-          step: the step to restore; None = the newest. When the newest cannot be read (a damaged file), the
-            next older intact step is restored instead, with a warning naming the failure.
+          step: the step to restore; None = the newest intact one: a step that cannot be read (a truncated,
+            missing or corrupt file) is reported in one warning line, moved to <directory>/damaged/<step> (not
+            deleted) and the next older step is tried. An explicit step that cannot be read raises
+            CheckpointDamagedError (and stays in place).
           shardings: optional pytree of jax.sharding.Sharding matching `like`.
           data: an iterator to set to the saved position (meta["data"]).
-        Raises FileNotFoundError when there is no checkpoint and LayoutMismatchError naming the first differing
-        leaf when the checkpoint does not match `like`.
+        Raises FileNotFoundError when there is no checkpoint, LayoutMismatchError naming the first differing
+        leaf when the checkpoint does not match `like`, CheckpointDamagedError when no step can be read.
         """
         if step is not None:
-            return self._restore_step(like, self._step(step), shardings, data)
-        steps = sorted(self._manager.all_steps(), reverse=True)
-        if not steps:
+            return self._explicit(self._step(step), lambda s: self._restore_step(like, s, shardings, data))
+        if not self._manager.all_steps():
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        first_error = None
-        for s in steps:
+        return self._newest_intact(lambda s: self._restore_step(like, s, shardings, data))
+
+    def _newest_intact(self, read: Callable[[int], Any]) -> Any:
+        """read(step) for the newest step it succeeds on; each step it fails on (not a layout mismatch) is reported
+        in one warning line and moved to <directory>/damaged/<step> (kept for inspection, never deleted)."""
+        damaged = []
+        while True:
+            steps = sorted(self._manager.all_steps(), reverse=True)
+            if not steps:
+                raise CheckpointDamagedError(
+                    f"no intact checkpoint in {self.directory}: every step was damaged and set aside under "
+                    f"{os.path.join(self.directory, DAMAGED_DIR)} (steps {damaged}); rerun to start from scratch")
+            s = steps[0]
             try:
-                return self._restore_step(like, s, shardings, data)
+                with _quiet_orbax():
+                    return read(s)
             except LayoutMismatchError:
                 raise  # another model/config: an older step would not match either
-            except Exception as e:  # noqa: BLE001  (a damaged step: report it and try the one before)
-                logging.warning("checkpoint step %d in %s cannot be read (%s: %s); trying an older step",
-                                s, self.directory, type(e).__name__, e)
-                first_error = first_error or e
-        raise RuntimeError(f"no intact checkpoint in {self.directory} (steps {steps})") from first_error
+            except Exception as e:  # noqa: BLE001  (a damaged step: set it aside and try the one before)
+                moved = self._set_aside(s)
+                damaged.append(s)
+                logging.warning("checkpoint %s is damaged (%s); set aside as %s; trying an older step",
+                                os.path.join(self.directory, str(s)), describe_damage(e, self.directory), moved)
+
+    def _set_aside(self, step: int) -> str:
+        """Moves step `step` to <directory>/damaged/<step> (or <step>.1, .2, … when that exists); returns the
+        destination. Process 0 moves; every process then reloads the manager's step list."""
+        src = os.path.join(self.directory, str(step))
+        root = os.path.join(self.directory, DAMAGED_DIR)
+        dst, n = os.path.join(root, str(step)), 0
+        while os.path.exists(dst):
+            n += 1
+            dst = os.path.join(root, f"{step}.{n}")
+        if jax.process_index() == 0:
+            os.makedirs(root, exist_ok=True)
+            os.replace(src, dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
+        self._manager.reload()
+        return dst
+
+    def _explicit(self, step: int, read: Callable[[int], Any]) -> Any:
+        try:
+            with _quiet_orbax():
+                return read(step)
+        except LayoutMismatchError:
+            raise
+        except Exception as e:  # noqa: BLE001  (an unreadable file: one line naming the step)
+            raise CheckpointDamagedError(f"checkpoint {os.path.join(self.directory, str(step))} is damaged "
+                                         f"({describe_damage(e, self.directory)})") from e
 
     def _step(self, step: int | None) -> int:
         step = self.latest_step() if step is None else int(step)
@@ -210,7 +312,8 @@ class Checkpointer:
         meta = dict(head["meta"])
         if data is not None:
             if "data" not in meta:
-                raise ValueError(f"{where}: the checkpoint holds no data-iterator position (meta has no 'data')")
+                raise LayoutMismatchError(f"{where}: the checkpoint holds no data-iterator position (meta has no "
+                                          "'data'): it was saved without one")
             data.set_state(meta["data"])
         return step, jax.tree_util.tree_unflatten(treedef, out), meta
 
@@ -237,5 +340,5 @@ def _abstract_keys(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.eval_shape(jax.random.key_data, x) if _is_key(x) else x, tree)
 
 
-__all__ = ["Checkpointer", "LayoutMismatchError", "check_layout", "flatten", "layout", "restore_params",
+__all__ = ["CheckpointDamagedError", "Checkpointer", "DAMAGED_DIR", "LayoutMismatchError", "describe_damage", "check_layout", "flatten", "layout", "restore_params",
            "save_params"]
