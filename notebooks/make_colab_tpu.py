@@ -113,7 +113,9 @@ import socket
 
 probe = subprocess.run([sys.executable, "-c", "import jax, json; d = jax.devices()[0]; "
                         "print(json.dumps([jax.default_backend(), d.device_kind, len(jax.devices())]))"],
-                       capture_output=True, text=True, check=True)
+                       capture_output=True, text=True)
+if probe.returncode != 0:
+    raise RuntimeError("JAX could not start in this runtime:\\n" + probe.stderr[-2000:])
 BACKEND, DEVICE_KIND, NUM_DEVICES = json.loads(probe.stdout.strip().splitlines()[-1])
 ON_TPU = BACKEND == "tpu"
 if MODE == "auto":
