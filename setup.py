@@ -40,6 +40,10 @@ EXTRAS = {
         "diffusers==0.42.1",  # the parity reference: pinned so its Wan modules cannot change under the tests
         "transformers==5.24.0",
         "jaxtyping",
+        # tests/test_colab_notebook.py executes notebooks/colab_tpu.ipynb headless in a Jupyter kernel.
+        "nbformat>=5.9",
+        "nbclient>=0.10",
+        "ipykernel>=6.25",
     ],
     "tpu": ["jax[tpu]"],
     "cuda": ["jax[cuda12]"],
