@@ -3,8 +3,11 @@
 
     python benchmarks/vae_train_step.py               # the sizing table (widths × crops) + the speed options
     python benchmarks/vae_train_step.py --quick       # fewer variants
+    python benchmarks/vae_train_step.py --match=scan  # one comparison (here: unrolled vs scanned steady chunks)
     python benchmarks/vae_train_step.py --conv        # one 3×3×3 causal conv (16 → 16 ch, 8 × 6 × 32 × 32),
                                                       # fwd + bwd, per formulation × XLA flag set (compiles in s)
+
+Also: the steady 4-frame chunks unrolled (the model's default for short clips) against one lax.scan.
 
 One step = encode → reparameterized sample → decode → L1 + MSE + KL → grad → Adam update, jitted with donation, as
 the toy VAE job runs it. Each variant runs in its own process (XLA flags are read once per process), one after the
@@ -27,7 +30,8 @@ import subprocess
 import sys
 import time
 
-BASE = dict(base=16, mult=(1, 1, 1, 1), res=1, frames=5, size=32, batch=8, dtype="float32", conv="2d", flags="")
+BASE = dict(base=16, mult=(1, 1, 1, 1), res=1, frames=5, size=32, batch=8, dtype="float32", conv="2d", flags="",
+            unroll=4)
 
 
 def _variants(quick: bool) -> list[tuple[str, dict, str | None]]:
@@ -42,6 +46,11 @@ def _variants(quick: bool) -> list[tuple[str, dict, str | None]]:
     if not quick:
         v.append(("wan-form base8 mult1244 res2", dict(base=8, mult=(1, 2, 4, 4), res=2), "base8 5x32x32 b8"))
     ref = "base16 5x32x32 b8"
+    # The steady chunks unrolled (the model's default for ≤ 4 chunks) against one lax.scan: XLA:CPU's backward of
+    # the scan is the slow part, so the ratio shows at 9 frames (2 steady chunks) and beyond.
+    v.append(("base16 9x32x32 b8", dict(frames=9), None))
+    v.append(("9 frames, steady chunks in lax.scan", dict(frames=9, unroll=0), "base16 9x32x32 b8"))
+    v.append(("wan widths base16 mult1244 9x32x32", dict(frames=9, mult=(1, 2, 4, 4)), "base16 9x32x32 b8"))
     v.append(("conv=taps", dict(conv="taps"), ref))
     v.append(("conv=3d", dict(conv="3d"), ref))
     v.append(("bfloat16 compute", dict(dtype="bfloat16"), ref))
@@ -92,7 +101,8 @@ def _child(spec: dict, steps: int) -> dict:
 
     dtype = jnp.dtype(spec["dtype"])
     cfg = WanVAEConfig(base_dim=spec["base"], dim_mult=tuple(spec["mult"]), num_res_blocks=spec["res"],
-                       latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16, dtype=dtype)
+                       latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16, dtype=dtype,
+                       unroll_chunks=int(spec.get("unroll", 4)))
     model = WanVAE(cfg, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     n_params = sum(x.size for x in jax.tree.leaves(params))
@@ -199,6 +209,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--conv", action="store_true", help="the per-layer conv table instead of the train steps")
+    p.add_argument("--match", default="", help="only the variants whose name contains this (and their baselines)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--conv-one", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -214,7 +225,11 @@ def main() -> None:
         return
     results: dict[str, dict] = {}
     print(f"{'variant':40s} {'params':>8s} {'s/step':>8s} {'min':>7s} {'crops/s':>8s} {'compile':>8s}  vs baseline")
-    for name, over, ref in _variants(args.quick):
+    variants = _variants(args.quick)
+    if args.match:
+        keep = {n for n, _, r in variants if args.match in n} | {r for n, _, r in variants if args.match in n and r}
+        variants = [v for v in variants if v[0] in keep]
+    for name, over, ref in variants:
         spec = dict(BASE, **over)
         proc = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--one", json.dumps(spec)],
                               capture_output=True, text=True, env=env)
