@@ -33,7 +33,7 @@ def get_config():
     ))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=3000, batch_size=8, log_every=20, checkpoint_every=200, eval_every=500, eval_clips=32,
-        profile_steps=0,
+        profile_steps=0, max_consecutive_skips=10,  # stop with an error after this many skipped updates in a row
     ))
     c.eval = ml_collections.ConfigDict(dict(
         num_clips=128, batch_size=8, mask_threshold=0.5, min_baseline=0.05,

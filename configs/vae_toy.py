@@ -28,6 +28,7 @@ def get_config():
     ))  # fmt: skip
     c.train = ml_collections.ConfigDict(dict(
         steps=3000, batch_size=8, log_every=20, checkpoint_every=200, profile_steps=0,
+        max_consecutive_skips=10,  # stop with an error after this many non-finite (skipped) updates in a row
     ))  # fmt: skip
     # Held-out PSNR / SSIM on full decoded clips (latent means, no sampling); `every` 0 = only at the end.
     c.eval = ml_collections.ConfigDict(dict(every=500, num_clips=16, final_num_clips=128, batch_size=4,

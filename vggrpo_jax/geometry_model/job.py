@@ -26,6 +26,7 @@ from flax import nnx
 
 from vggrpo_jax import training
 from vggrpo_jax.data import toyworld_tfds as T
+from vggrpo_jax.errors import ConfigError
 from vggrpo_jax.geometry_model.data import GeometryCache, cached, sample_views
 from vggrpo_jax.geometry_model.evaluate import bars_met, evaluate, format_report
 from vggrpo_jax.geometry_model.export import any4d_config_from, save_model
@@ -93,6 +94,8 @@ def _caches(c: Any, workdir: str) -> tuple[GeometryCache, GeometryCache]:
 
 def run(c: Any, workdir: str) -> dict:
     """Trains (or resumes) and returns the final held-out report."""
+    if int(c.train.max_consecutive_skips) < 0:
+        raise ConfigError(f"train.max_consecutive_skips={c.train.max_consecutive_skips}: must be ≥ 0 (0: never stop)")
     os.makedirs(workdir, exist_ok=True)
     model_cfg = any4d_config_from(c.model)
     weights = LossWeights(**dict(c.loss))
@@ -124,9 +127,8 @@ def run(c: Any, workdir: str) -> dict:
             return geometry_loss(nnx.merge(graphdef, p)(images), tgt, weights)
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt = tx.update(grads, state["opt"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        return {"params": params, "opt": opt}, {"loss": loss, "grad_norm": optax.global_norm(grads),
+        params, opt, skipped = training.guarded_update(tx, grads, state["opt"], state["params"], loss)
+        return {"params": params, "opt": opt}, {"loss": loss, "grad_norm": optax.global_norm(grads), "skipped": skipped,
                                                 **{f"loss/{k}": v for k, v in terms.items()}}
 
     step_fn = jax.jit(train_step, donate_argnums=0)
@@ -145,6 +147,7 @@ def run(c: Any, workdir: str) -> dict:
         total, start, writer=writer, samples_per_step=bsz, log_every=int(c.train.log_every),
         checkpoint=lambda s: ckpt.save(s, state), checkpoint_every=int(c.train.checkpoint_every),
         checkpoint_wait=ckpt.wait, profile_steps=int(c.train.profile_steps), workdir=workdir, desc="geometry",
+        max_consecutive_skips=int(c.train.max_consecutive_skips),
         postfix=("loss",))
     if int(c.train.eval_every) > 0:
         loop.every(int(c.train.eval_every), quick_eval, at_end=False)

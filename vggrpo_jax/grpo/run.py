@@ -37,7 +37,6 @@ from vggrpo_jax.errors import ConfigError, PathNotFoundError
 from vggrpo_jax.evaluation import write_report
 from vggrpo_jax.grpo.evaluator import Evaluator
 from vggrpo_jax.grpo.trainer import GRPOTrainer, latent_shape
-from vggrpo_jax.training.guard import SkipGuard
 
 
 def _log(message: str) -> None:
@@ -200,16 +199,16 @@ def train(config: Any, workdir: str) -> list[dict[str, float]]:
         checkpoint_every=int(config.train.checkpoint_every), checkpoint_wait=run.checkpoints.wait,
         profile_steps=int(config.train.profile_steps), workdir=workdir, desc="GRPO",
         postfix=("reward/motion_mean", "reward/geo_mean", "train/kl"),
+        # the state of a skipped update is the previous, finite one; N skips in a row stop the run
+        max_consecutive_skips=int(config.train.max_consecutive_skips), skip_key="train/skipped",
     )
     if run.evaluator is not None:
         loop.every(int(config.eval.every), lambda _: run.evaluate())
-    guard = SkipGuard(int(config.train.max_consecutive_skips))
     try:
         with loop:
             for it in loop:
                 metrics = run.step(loop.timer)
                 values = loop.step_done(it, metrics)
-                guard.update(it, metrics)  # the state of a skipped update is the previous, finite one
                 history.append({"step": it, **{k: v for k, v in values.items() if not k.startswith("perf/")}})
     finally:
         run.checkpoints.close()

@@ -81,7 +81,8 @@ def lgm_base_config() -> ConfigDict:
         sigmas=[0.0, 0.1, 0.25, 0.5, 1.0],
         reward=ConfigDict(dict(top_k=3, conf_quantile=0.0, flow_threshold=0.05, stride=4, use_scene_flow=True)),
     ))
-    c.train = ConfigDict(dict(save_every=500, log_every=10, progress=True))
+    # max_consecutive_skips: stop with an error after this many non-finite (skipped) updates in a row; 0 = never
+    c.train = ConfigDict(dict(save_every=500, log_every=10, progress=True, max_consecutive_skips=10))
     return c
 
 
@@ -120,6 +121,8 @@ def validate_lgm(c: ConfigDict) -> ConfigDict:
             _fail(key, v, "must be ≥ 1")
     if int(c.align.steps) < 0:
         _fail("align.steps", c.align.steps, "must be ≥ 0")
+    if int(c.train.max_consecutive_skips) < 0:
+        _fail("train.max_consecutive_skips", c.train.max_consecutive_skips, "must be ≥ 0 (0: never stop)")
     try:
         check_num_frames(int(c.data.num_frames))
     except ValueError as e:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vggrpo_jax.training import Checkpointer, OptimConfig, TrainLoop, make_optimizer
+from vggrpo_jax.training import Checkpointer, OptimConfig, TrainLoop, guarded_update, make_optimizer
 
 # The reported LGM recipe: AdamW lr 2e−4, no weight decay, 100 warm-up steps, cosine decay, global-norm clip 1.0.
 LGM_OPTIM = OptimConfig(name="adamw", lr=2e-4, warmup_steps=100, schedule="cosine", weight_decay=0.0, grad_clip=1.0)
@@ -33,9 +33,8 @@ def _train_step(loss_fn: LossFn, optim: OptimConfig, total_steps: int, params, o
     # an earlier one reuses that compilation, so stopping and resuming, or a second run, does not recompile.
     tx = make_optimizer(optim, total_steps)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen, batch, key)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+    params, opt_state, skipped = guarded_update(tx, grads, opt_state, params, loss)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), skipped=skipped)
     return params, opt_state, metrics
 
 
@@ -64,6 +63,7 @@ def fit(
     writer: Any = None,
     log_every: int = 10,
     progress: bool = True,
+    max_consecutive_skips: int = 10,
 ) -> FitResult:
     """Minimises loss_fn(params, frozen, batch, rng) → (loss, metrics) for total_steps steps, resumably.
 
@@ -80,6 +80,8 @@ def fit(
       ckpt_dir: checkpoint directory; when it holds a checkpoint of this stage, training resumes from its latest step.
       stop_after: stop (after saving) once this step is reached, as an interrupted run would; None = run to the end.
       writer: a training.MetricWriter or None (metrics, step time and samples/s every log_every steps).
+      max_consecutive_skips: raise training.TrainingDiverged after this many updates in a row were skipped for a
+        non-finite loss, gradient or result (each such update leaves params and optimizer state unchanged); 0 = never.
     Returns FitResult(params, step reached, metric history of this call, finished = step == total_steps).
     """
     rng = jax.random.key_data(rng) if jnp.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key) else rng
@@ -106,7 +108,8 @@ def fit(
     batch_size = None
     history: list[dict] = []
     loop = TrainLoop(end, step, writer=writer, metric_prefix=f"{name}/", log_every=log_every, checkpoint=save,
-                     checkpoint_every=save_every, desc=name, postfix=("loss",), progress=progress)
+                     checkpoint_every=save_every, desc=name, postfix=("loss",), progress=progress,
+                     max_consecutive_skips=max_consecutive_skips)
     base_key = jax.random.wrap_key_data(state["rng"])
     try:
         with loop:

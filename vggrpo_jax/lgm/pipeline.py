@@ -130,6 +130,7 @@ def run(c: ConfigDict, workdir: str, *, align_stop_after: int | None = None) -> 
             batch_size=int(c.stitch.batch_size), optim=OptimConfig.from_config(c.stitch.optim, where="stitch.optim"),
             seed=int(c.seed), criterion_kind=c.stitch.criterion, weights=dict(c.stitch.weights),
             workdir=os.path.join(workdir, "stitch"), save_every=int(c.train.save_every), writer=writer,
+            max_consecutive_skips=int(c.train.max_consecutive_skips),
             progress=progress,
         )
         plot_curve(stitch, os.path.join(workdir, "stitch_curve.png"))
@@ -146,6 +147,7 @@ def run(c: ConfigDict, workdir: str, *, align_stop_after: int | None = None) -> 
                 optim=OptimConfig.from_config(c.align.optim, where="align.optim"), weights=weights, seed=int(c.seed),
                 train_lora=bool(c.align.train_lora), latent_noise_std=float(c.align.latent_noise_std),
                 ckpt_dir=os.path.join(workdir, "align"), save_every=int(c.train.save_every), writer=writer,
+                max_consecutive_skips=int(c.train.max_consecutive_skips),
                 progress=progress, stop_after=align_stop_after,
             )
             if not result.finished:

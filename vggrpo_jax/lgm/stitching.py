@@ -90,6 +90,7 @@ def fit_connector(
     weights: Mapping[str, float] | None = None,
     ckpt_dir: str | None = None,
     save_every: int = 100,
+    max_consecutive_skips: int = 10,
     writer: Any = None,
     name: str = "stitch",
     progress: bool = True,
@@ -109,6 +110,7 @@ def fit_connector(
         batch_fn=batch_fn(cache, ["latents", *keys.values()], batch_size, seed),
         optim=optim, total_steps=steps, rng=jax.random.key(seed), ckpt_dir=ckpt_dir,
         save_every=save_every, writer=writer, progress=progress, stop_after=stop_after,
+        max_consecutive_skips=max_consecutive_skips,
     )
     return nnx.merge(graphdef, result.params), result
 
@@ -154,6 +156,7 @@ def stitching_search(
     weights: Mapping[str, float] | None = None,
     workdir: str | None = None,
     save_every: int = 100,
+    max_consecutive_skips: int = 10,
     writer: Any = None,
     progress: bool = True,
 ) -> StitchResult:
@@ -179,6 +182,7 @@ def stitching_search(
             conn, _ = fit_connector(
                 conn, train, steps=steps, batch_size=batch_size, optim=optim, seed=seed, weights=weights,
                 ckpt_dir=ckpt, save_every=save_every, writer=writer, name=f"stitch/{vname}/l{l}", progress=progress,
+                max_consecutive_skips=max_consecutive_skips,
             )
             e = evaluate_connector(conn, heldout, variances, batch_size)
             e["criterion"] = criterion(e, criterion_kind, weights)

@@ -33,7 +33,8 @@ def sft_base_config() -> ConfigDict:
     c.optim = ConfigDict(dict(name="adamw", lr=1e-4, schedule="constant", warmup_steps=0, weight_decay=1e-4,
                               grad_clip=1.0))
     c.train = ConfigDict(dict(num_steps=1000, batch_size=8, log_every=10, checkpoint_every=100, keep_checkpoints=3,
-                              eval_every=100, eval_clips=16, eval_repeats=2, profile_steps=0))
+                              eval_every=100, eval_clips=16, eval_repeats=2, profile_steps=0,
+                              max_consecutive_skips=10))  # stop with an error after this many skipped updates in a row
     # Where a fully trained DiT is written ("" = <workdir>/export), and the toy text encoder it reads
     # ("" = <workdir>/export_text; only when the encoder is the toy one built by the job).
     c.export = ConfigDict(dict(dir="", text_dir=""))

@@ -67,6 +67,8 @@ def validate(c: Any) -> None:
     for k in ("num_steps", "batch_size"):
         if int(c.train[k]) < 1:
             _fail(f"train.{k}", c.train[k], "must be ≥ 1")
+    if int(c.train.max_consecutive_skips) < 0:
+        _fail("train.max_consecutive_skips", c.train.max_consecutive_skips, "must be ≥ 0 (0: never stop)")
     if c.finetune.mode == "full" and not c.dit.checkpoint and not c.allow_random_init:
         _fail("dit.checkpoint", c.dit.checkpoint, "full fine-tuning needs base weights (or allow_random_init=True "
               "to pretrain from scratch, toy runs)")
@@ -199,9 +201,8 @@ def run(c: Any, workdir: str) -> dict:
         key = jax.random.fold_in(jax.random.key(seed), step)
         (loss, _), grads = jax.value_and_grad(lambda p: losses(p, batch["x0"], batch["emb"], key), has_aux=True)(
             state["params"])
-        updates, opt = tx.update(grads, state["opt"], state["params"])
-        return ({"params": optax.apply_updates(state["params"], updates), "opt": opt},
-                {"loss": loss, "grad_norm": optax.global_norm(grads)})
+        params, opt, skipped = training.guarded_update(tx, grads, state["opt"], state["params"], loss)
+        return {"params": params, "opt": opt}, {"loss": loss, "grad_norm": optax.global_norm(grads), "skipped": skipped}
 
     step_fn = jax.jit(train_step, donate_argnums=0)
     eval_fn = jax.jit(lambda p, x0, emb, key: losses(p, x0, emb, key)[1])
@@ -232,6 +233,7 @@ def run(c: Any, workdir: str) -> dict:
         total, start, writer=writer, samples_per_step=bsz, log_every=int(c.train.log_every),
         checkpoint=lambda s: ckpt.save(s, state), checkpoint_every=int(c.train.checkpoint_every),
         checkpoint_wait=ckpt.wait, profile_steps=int(c.train.profile_steps), workdir=workdir, desc="finetune",
+        max_consecutive_skips=int(c.train.max_consecutive_skips),
         postfix=("loss",))
     if int(c.train.eval_every) > 0:
         loop.every(int(c.train.eval_every), heldout_loss)

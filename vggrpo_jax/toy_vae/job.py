@@ -48,7 +48,7 @@ _KEYS = {
     "data": {"data_dir", "config", "num_train", "crop_frames", "crop_size", "flip"},
     "loss": {"l1", "mse", "grad", "kl"},
     "optim": None,  # checked by training.OptimConfig.from_config
-    "train": {"steps", "batch_size", "log_every", "checkpoint_every", "profile_steps"},
+    "train": {"steps", "batch_size", "log_every", "checkpoint_every", "profile_steps", "max_consecutive_skips"},
     "eval": {"every", "num_clips", "final_num_clips", "batch_size", "stats_clips"},
     "export": {"dir"},
 }
@@ -69,6 +69,8 @@ def validate(c: ConfigDict) -> None:
     e, t = c.eval, c.train
     if t.steps < 1 or t.batch_size < 1:
         raise ValueError(f"train.steps and train.batch_size must be >= 1, got {t.steps}, {t.batch_size}")
+    if int(t.max_consecutive_skips) < 0:
+        raise ValueError(f"train.max_consecutive_skips must be >= 0 (0: never stop), got {t.max_consecutive_skips}")
     for name in ("num_clips", "final_num_clips"):
         if e[name] < 1 or e[name] % e.batch_size:
             raise ValueError(f"eval.{name}={e[name]} must be a positive multiple of eval.batch_size={e.batch_size}")
@@ -117,9 +119,8 @@ def make_train_step(graphdef, tx, weights: ConfigDict, seed: int):
 
     def step_fn(state: dict, video: jax.Array, step: jax.Array) -> tuple[dict, dict]:
         key = jax.random.fold_in(jax.random.key(seed), step)
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], video, key)
-        updates, opt = tx.update(grads, state["opt"], state["params"])
-        params = jax.tree.map(lambda p, u: p + u, state["params"], updates)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], video, key)
+        params, opt, metrics["skipped"] = training.guarded_update(tx, grads, state["opt"], state["params"], loss)
         metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))
         return {"params": params, "opt": opt}, metrics
 
@@ -205,6 +206,7 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         steps, start, writer=writer, samples_per_step=batch, log_every=int(c.train.log_every),
         checkpoint=lambda s: ckpt.save(s, state), checkpoint_every=int(c.train.checkpoint_every),
         checkpoint_wait=ckpt.wait, profile_steps=int(c.train.profile_steps), workdir=workdir, desc="vae",
+        max_consecutive_skips=int(c.train.max_consecutive_skips),
         postfix=("loss", "train_psnr"),
     )  # fmt: skip
     if int(c.eval.every) > 0:

@@ -40,11 +40,12 @@ from vggrpo_jax.training.checkpoint import (
     restore_params,
     save_params,
 )
+from vggrpo_jax.training.guard import SkipGuard, TrainingDiverged, guarded_update
 from vggrpo_jax.training.loop import StopRequested, TrainLoop
 from vggrpo_jax.training.metrics import MetricWriter, StepTimer, read_metrics
 from vggrpo_jax.training.optim import OptimConfig, make_optimizer, make_schedule
 
 __all__ = [
     "CheckpointDamagedError", "Checkpointer", "LayoutMismatchError", "MetricWriter", "OptimConfig", "StepTimer", "StopRequested", "TrainLoop",
-    "check_layout", "flatten", "make_optimizer", "make_schedule", "read_metrics", "restore_params", "save_params",
+    "SkipGuard", "TrainingDiverged", "check_layout", "flatten", "guarded_update", "make_optimizer", "make_schedule", "read_metrics", "restore_params", "save_params",
 ]

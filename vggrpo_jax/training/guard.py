@@ -1,10 +1,14 @@
-"""Stop a run whose updates keep being skipped by the non-finite guard, instead of "finishing" with exit status 0.
+"""The non-finite guard of every job's update, and stopping a run whose updates keep being skipped by it instead of
+"finishing" with exit status 0.
+
+    params, opt, skipped = guarded_update(tx, grads, opt, params, loss)     # inside the jitted train step
+    loop = TrainLoop(..., max_consecutive_skips=config.train.max_consecutive_skips)  # counts metrics["skipped"]
 
 The update steps skip (and report `skipped = 1`) when a loss, gradient, reward or the updated state would be
 non-finite; the state then stays as it was, so every checkpoint holds finite values. One skip is noise (a degenerate
 batch); many in a row mean the run cannot learn (a diverged learning rate, a broken reward) and should stop loudly.
 
-    guard = SkipGuard(config.train.max_consecutive_skips)    # 0 = never stop
+    guard = SkipGuard(config.train.max_consecutive_skips)    # 0 = never stop (TrainLoop holds one for its jobs)
     for step in ...:
         metrics = train_step(...)
         guard.update(step, metrics)                          # raises TrainingDiverged on the N-th skip in a row
@@ -13,9 +17,36 @@ batch); many in a row mean the run cannot learn (a diverged learning rate, a bro
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
 
 from vggrpo_jax.errors import UserError
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """Scalar bool: every floating leaf of `tree` is finite (integer leaves, e.g. optimizer step counts, always are)."""
+    oks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype,
+                                                                                      jnp.inexact)]
+    return jnp.all(jnp.stack(oks)) if oks else jnp.bool_(True)
+
+
+def guarded_update(tx: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any,
+                   loss: jax.Array | None = None) -> tuple[Any, Any, jax.Array]:
+    """One optimizer update that is SKIPPED when the loss, the gradient, the new parameters or the new optimizer
+    state hold a NaN/inf: then (params, opt_state) come back unchanged, so no checkpoint ever holds a non-finite
+    value. Returns (params, opt_state, skipped: float32 scalar, 1.0 when skipped). For use inside a jitted step;
+    on a finite step the result is bit-identical to the unguarded `tx.update` + `optax.apply_updates`."""
+    ok_in = all_finite(grads) & (jnp.bool_(True) if loss is None else jnp.all(jnp.isfinite(loss)))
+    # A skipped update must not feed NaN into the optimizer's moments either: it sees zeros instead.
+    safe = jax.tree.map(lambda g: jnp.where(ok_in, g, jnp.zeros_like(g)), grads)
+    updates, new_opt = tx.update(safe, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    ok = ok_in & all_finite(new_params) & all_finite(new_opt)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+    return keep(new_params, params), keep(new_opt, opt_state), (~ok).astype(jnp.float32)
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -44,4 +75,4 @@ class SkipGuard:
             )
 
 
-__all__ = ["SkipGuard", "TrainingDiverged"]
+__all__ = ["SkipGuard", "TrainingDiverged", "all_finite", "guarded_update"]

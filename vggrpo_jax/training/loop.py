@@ -37,6 +37,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from vggrpo_jax.training.guard import SkipGuard
 from vggrpo_jax.training.metrics import StepTimer
 
 Action = Callable[[int], Mapping[str, Any] | None]
@@ -61,6 +62,8 @@ class TrainLoop:
       profile_steps: number of steps to trace (0 = no trace); workdir: where `profile/` goes.
       desc: the progress-bar label; postfix: metric keys shown on the bar.
       handle_signals: install the SIGTERM/SIGINT handler while the loop is entered (`with loop:`).
+      max_consecutive_skips: raise guard.TrainingDiverged once this many steps in a row reported
+        metrics[skip_key] > 0 (an update skipped by guard.guarded_update); 0 = never.
     """
 
     def __init__(
@@ -81,6 +84,8 @@ class TrainLoop:
         postfix: Sequence[str] = (),
         progress: bool = True,
         handle_signals: bool = True,
+        max_consecutive_skips: int = 0,
+        skip_key: str = "skipped",
     ):
         if int(total_steps) < 0 or int(start_step) < 0:
             raise ValueError(f"total_steps ({total_steps}) and start_step ({start_step}) must be ≥ 0")
@@ -98,6 +103,9 @@ class TrainLoop:
         self._profiling = False
         self.desc, self.postfix, self.progress = desc, tuple(postfix), progress
         self.handle_signals = handle_signals
+        if int(max_consecutive_skips) < 0:
+            raise ValueError(f"train.max_consecutive_skips must be ≥ 0, got {max_consecutive_skips}")
+        self.guard = SkipGuard(int(max_consecutive_skips), key=skip_key)
         self.stop_requested = False
         self.stop_signal: str | None = None
         self._old_handlers: dict[int, Any] = {}
@@ -184,6 +192,12 @@ class TrainLoop:
             if shown:
                 self._bar.set_postfix(shown)
         self.last_metrics = values
+        try:
+            self.guard.update(step, values)  # after the step's metrics and checkpoint (of finite values) are written
+        except Exception:
+            if self._checkpoint_wait is not None:
+                self._checkpoint_wait()  # the run stops here: its last checkpoint must be on disk
+            raise
         if stop and not last:
             if self._checkpoint_wait is not None:
                 self._checkpoint_wait()
