@@ -1,10 +1,11 @@
-"""Entry-point plumbing shared by `python -m vggrpo_jax.{train,train_lgm,evaluate}` and `tools/*.py`.
+"""Entry-point plumbing shared by `python -m vggrpo_jax.<entry point>` and `tools/*.py`.
 
 A user's mistake (a `vggrpo_jax.errors.UserError`, a bad flag, an unknown config key, a config file that does not
 load) is printed as ONE line, `error: <message>`, on stderr, and the process exits with status 2. The traceback is
 shown only with `--verbose`. Any other exception is a bug and propagates with its full traceback (exit status 1).
 
     tools:        sys.exit(cli.run(main))             main(argv) parses with cli.ArgumentParser (adds --verbose)
+    config jobs:  cli.run_job(main)                   main(config, workdir): --config, --workdir, run_absl
     absl jobs:    cli.run_absl(main)                  instead of absl.app.run(main)
 """
 
@@ -139,4 +140,37 @@ def run_absl(main: Callable[[list[str]], Any]) -> None:
     app.run(guarded, flags_parser=parse_flags)
 
 
-__all__ = ["ArgumentParser", "EXIT_USER_ERROR", "fail", "parse_flags", "read_json", "require_new", "require_path", "run", "run_absl"]
+def job_flags() -> tuple[Any, Any]:
+    """Defines --config (an ml_collections config file, "FILE[:arg]", with dotted overrides --config.x.y=...; locked,
+    so an override of a key the file does not define fails) and --workdir; returns their two flag holders."""
+    from absl import flags  # noqa: PLC0415
+    from ml_collections import config_flags  # noqa: PLC0415
+
+    config = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+    workdir = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and samples", required=True)
+    return config, workdir
+
+
+def run_job(main: Callable[[Any, str], Any], *, quiet_logs: bool = False) -> None:
+    """The `if __name__ == "__main__"` of a config-driven job: defines --config and --workdir (job_flags), parses
+    them and the entry point's own flags (defined at its module level) with one-line errors (run_absl), rejects
+    positional arguments, then calls main(config, workdir) (exit status 0 when it returns).
+
+    quiet_logs: absl logging at WARNING (orbax logs every checkpoint step at INFO; the progress bars are what a
+    person reads)."""
+    from absl import app, logging  # noqa: PLC0415
+
+    config, workdir = job_flags()
+
+    def call(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        if quiet_logs:
+            logging.set_verbosity(logging.WARNING)
+        main(config.value, workdir.value)  # its result is not an exit status (absl would sys.exit() it)
+
+    run_absl(call)
+
+
+__all__ = ["ArgumentParser", "EXIT_USER_ERROR", "fail", "job_flags", "parse_flags", "read_json", "require_new",
+           "require_path", "run", "run_absl", "run_job"]
