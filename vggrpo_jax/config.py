@@ -6,7 +6,8 @@ setup) and overrides what differs. Every entry point takes
     --config=configs/x.py [--config.rl.group_size=8 ...] --workdir=DIR
 
 An override of a key that does not exist fails (the ConfigDict is locked), and `validate(config)` rejects invalid
-values with a message that names the key. The flags themselves are defined by cli.job_flags.
+values with a message that names the key. The flags themselves are defined by cli.job_flags; relative paths written
+in a config file are resolved against the file's directory (config_files).
 """
 
 from __future__ import annotations
