@@ -23,6 +23,14 @@ def test_statistics_over_the_finite_entries():
 def test_no_finite_entry_has_no_mean():
     for stats in (finite_stats(np.full(3, -np.inf)), jax.jit(finite_stats)(jnp.full(3, jnp.nan))):
         assert np.isnan(stats["mean"]) and np.isnan(stats["std"]) and float(stats["nonfinite_frac"]) == 1.0
+    # the trainer's curves: 0 instead, the iteration marked by nonfinite_frac = 1
+    from vggrpo_jax.grpo import evaluator, trainer
+
+    stats = jax.jit(lambda r: trainer._stats("reward/geo", r))(jnp.full(4, -jnp.inf))
+    assert {k: float(v) for k, v in stats.items()} == {"reward/geo_mean": 0.0, "reward/geo_std": 0.0,
+                                                       "reward/geo_nonfinite_frac": 1.0}
+    assert np.isnan(evaluator._summary("eval/latent", {"motion": np.ones(2), "geo": np.full(2, -np.inf)})[
+        "eval/latent_geo"])  # the evaluator: no mean
 
 
 def test_trainer_and_evaluator_report_the_same_reward_statistics():

@@ -53,8 +53,9 @@ def reward_options(config: Any) -> RewardOptions:
 
 def _stats(name: str, x: jax.Array) -> dict[str, jax.Array]:
     """{name}_mean, {name}_std, {name}_nonfinite_frac (rewards.finite_stats: over the finite entries, e.g. r_geo =
-    −inf left out)."""
-    return {f"{name}_{k}": v for k, v in finite_stats(x).items()}
+    −inf left out). An iteration with no finite entry logs 0 for mean and std (training curves stay finite;
+    nonfinite_frac = 1 marks it)."""
+    return {f"{name}_{k}": v for k, v in finite_stats(x, empty=0.0).items()}
 
 
 @dataclasses.dataclass

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def finite_stats(x: Any) -> dict[str, Any]:
-    """x (any shape) → {"mean", "std", "nonfinite_frac"}: mean and (population) std over the finite entries, NaN
-    for both when there is none, and the fraction of entries that are NaN or ±inf.
+def finite_stats(x: Any, empty: float = float("nan")) -> dict[str, Any]:
+    """x (any shape) → {"mean", "std", "nonfinite_frac"}: mean and (population) std over the finite entries (both
+    `empty` when there is none), and the fraction of entries that are NaN or ±inf.
 
     A NumPy array is summarised with NumPy in float64 (host metrics); anything else (a jax.Array, also a tracer
     under jit) with jax.numpy in its own dtype.
@@ -28,7 +28,7 @@ def finite_stats(x: Any) -> dict[str, Any]:
     mean = xp.sum(xp.where(finite, x, 0.0)) / n
     std = xp.sqrt(xp.sum(xp.where(finite, (x - mean) ** 2, 0.0)) / n)
     none = count == 0
-    return {"mean": xp.where(none, xp.nan, mean), "std": xp.where(none, xp.nan, std),
+    return {"mean": xp.where(none, empty, mean), "std": xp.where(none, empty, std),
             "nonfinite_frac": 1.0 - xp.mean(finite)}
 
 
