@@ -68,6 +68,7 @@ def finetune(
     latent_noise_std: float = 0.0,
     ckpt_dir: str | None = None,
     save_every: int = 100,
+    log_every: int = 10,
     max_consecutive_skips: int = 10,
     writer: Any = None,
     progress: bool = True,
@@ -84,7 +85,7 @@ def finetune(
         name="align", params=params, frozen=frozen, loss_fn=loss_fn,
         batch_fn=batch_fn(cache, ["latents", *fields], batch_size, seed),
         optim=optim, total_steps=steps, rng=jax.random.key(seed + 1), ckpt_dir=ckpt_dir,
-        save_every=save_every, writer=writer, progress=progress, stop_after=stop_after,
+        save_every=save_every, log_every=log_every, writer=writer, progress=progress, stop_after=stop_after,
         max_consecutive_skips=max_consecutive_skips,
     )
     return nnx.merge(graphdef, result.params, frozen), result
