@@ -9,8 +9,6 @@ camera plots, tensorboard metrics, orbax checkpoints and resume). What is not: t
 (`allow_random_init`), so the rewards measure a random teacher's geometry, not the real world's.
 """
 
-import os
-
 from vggrpo_jax.config import base_config
 
 
@@ -28,7 +26,7 @@ def get_config():
     c.text.toy_dim = 32
     # The LGM (tiny VAE + tiny Any4D) is constructed first, in <workdir>/lgm; the VAE/Any4D come from that config.
     # (With --config.lgm.checkpoint=DIR instead, these sections must describe the LGM's VAE and Any4D.)
-    c.lgm.build_config = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lgm_toy.py")  # next to this file
+    c.lgm.build_config = "lgm_toy.py"  # relative to this file (config_files), from any working directory
     c.vae.preset = "tiny21"
     c.vae.dtype = "float32"
     c.any4d.preset, c.any4d.dtype, c.any4d.lora_rank, c.any4d.lora_alpha = "tiny", "float32", 4, 2.0

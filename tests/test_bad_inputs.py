@@ -29,12 +29,9 @@ ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPAT
 
 
 def _toy():
-    sys.path.insert(0, os.path.join(ROOT, "configs"))
-    try:
-        from toy import get_config  # noqa: PLC0415
-    finally:
-        sys.path.pop(0)
-    return get_config()
+    from vggrpo_jax.config_files import load_config_file  # noqa: PLC0415  (its lgm.build_config: next to the file)
+
+    return load_config_file(os.path.join(ROOT, "configs", "toy.py"))
 
 
 def _lgm_toy():

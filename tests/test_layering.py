@@ -15,6 +15,7 @@ PKG = "vggrpo_jax"
 # ("lgm.pipeline"); the longest matching entry places a module.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("errors",)),
+    ("config files", ("config_files",)),
     ("foundation", ("cli", "checkpoint", "geometry", "parallel", "visualize", "zoo", "shipped")),
     ("networks", ("models",)),
     ("numerics and infrastructure", ("convert", "rewards", "rl", "training")),

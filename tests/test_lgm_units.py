@@ -192,6 +192,40 @@ def test_fit_stop_and_resume_equals_uninterrupted(tmp_path):
         fit(params=p3, ckpt_dir=str(tmp_path / "c"), **{**kw, "loss_fn": _NoisyRegression(g3)})
 
 
+def _traces(workdir):
+    return [os.path.join(r, n) for r, _, names in os.walk(os.path.join(workdir, "profile")) for n in names
+            if n.endswith(".xplane.pb")]
+
+
+def test_fit_profile_window_writes_a_trace(tmp_path):
+    graphdef, params = nnx.split(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+    x = np.ones((4, 3), np.float32)
+    kw = dict(name="t", params=params, frozen=None, loss_fn=_NoisyRegression(graphdef), batch_fn=lambda s: (x, x[:, :2]),
+              optim=LGM_OPTIM, total_steps=4, rng=jax.random.key(0), progress=False)
+    fit(workdir=str(tmp_path / "quiet"), **kw)
+    assert not os.path.exists(tmp_path / "quiet" / "profile")
+    fit(profile_steps=2, workdir=str(tmp_path / "traced"), **kw)
+    assert _traces(tmp_path / "traced")
+
+
+@pytest.mark.slow
+def test_lgm_job_profile_steps_traces_the_alignment(tmp_path):
+    """`--config.train.profile_steps=N` of the LGM job: a trace of the alignment stage under <workdir>/profile."""
+    import sys
+
+    from vggrpo_jax.lgm.pipeline import run
+
+    sys.path.insert(0, os.path.join(ROOT, "tests", "helpers"))
+    try:
+        from lgm_smoke import get_config  # noqa: PLC0415
+    finally:
+        sys.path.pop(0)
+    c = get_config()
+    c.train.profile_steps, c.train.progress = 2, False
+    assert run(c, str(tmp_path))["finished"]
+    assert _traces(tmp_path)
+
+
 # ------------------------------------------------------------------------------------------------ config
 def _load_config(name):
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
@@ -214,6 +248,19 @@ def test_configs_validate():
     full.stitch.criterion = "best"
     with pytest.raises(ValueError, match="stitch.criterion"):
         validate_lgm(full)
+
+
+def test_profile_steps_validation():
+    c = _load_config("lgm_toy")
+    assert c.train.profile_steps == 0
+    c.train.profile_steps = 3
+    validate_lgm(c)
+    c.train.profile_steps = -1
+    with pytest.raises(ValueError, match=r"config\.train\.profile_steps=-1: must be an integer ≥ 0"):
+        validate_lgm(c)
+    c.train.profile_steps, c.align.steps = 2, 0
+    with pytest.raises(ValueError, match=r"config\.train\.profile_steps=2: traces the alignment stage .* align\.steps ≥ 2"):
+        validate_lgm(c)
 
 
 # ------------------------------------------------------------------------------------------------ data sources

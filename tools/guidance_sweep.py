@@ -33,12 +33,9 @@ from typing import Any, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from vggrpo_jax.config import define_flags  # noqa: E402
-
-FLAGS_CONFIG, FLAGS_WORKDIR = define_flags()  # --config with overrides, --workdir
-
+# Its own flags; --config (with overrides) and --workdir come from cli.run_job.
 OUT = flags.DEFINE_string("out", None, "output directory", required=True)
 CHECKPOINTS = flags.DEFINE_string("checkpoints", "base", "comma list of base | latest | N")
 SCALES = flags.DEFINE_string("scales", "0,0.25,0.5,1,2", "comma list of guidance scales (0 = unguided; included)")
@@ -222,10 +219,8 @@ def _write(out, records, cost, checkpoints, scales, spec, num_steps, summarize, 
     return result
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    result = sweep(FLAGS_CONFIG.value, FLAGS_WORKDIR.value, OUT.value,
+def main(config: Any, workdir: str) -> None:
+    result = sweep(config, workdir, OUT.value,
                    [c.strip() for c in CHECKPOINTS.value.split(",") if c.strip()], parse_scales(SCALES.value),
                    NUM_PROMPTS.value, NUM_STEPS.value, SEED.value, BATCH_SIZE.value)
     print(open(os.path.join(OUT.value, "sweep.md")).read())
@@ -235,4 +230,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     from vggrpo_jax import cli  # noqa: E402
 
-    cli.run_absl(main)
+    cli.run_job(main)

@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from vggrpo_jax import zoo
 from vggrpo_jax.checkpoint import restore_params
+from vggrpo_jax.config_files import load_config_file  # noqa: F401  (re-exported: tests, benchmarks, the notebook)
 from vggrpo_jax.data.prompts import read_prompts
 from vggrpo_jax.errors import ConfigError, PathNotFoundError
 from vggrpo_jax.lgm.host_init import random_any4d, random_init
@@ -206,18 +207,6 @@ def build_any4d(c: Any) -> Any4D:
     params = restore_params(path, params)
     lora = jax.jit(lambda: nnx.state(Any4D(cfg, nnx.Rngs(c.seed + 1)), LoRAParam))()
     return nnx.merge(graphdef, lora, params, rest)
-
-
-def load_config_file(path: str) -> Any:
-    """get_config() of a config file (e.g. configs/lgm_toy.py)."""
-    import importlib.util  # noqa: PLC0415
-
-    if not os.path.isfile(path):
-        raise PathNotFoundError(f"config file {path!r}: no such file")
-    spec = importlib.util.spec_from_file_location("_vggrpo_config_file", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def pad_batch(trimmed: Sequence[np.ndarray], max_length: int) -> np.ndarray:

@@ -1,11 +1,15 @@
-"""Entry-point plumbing shared by `python -m vggrpo_jax.{train,train_lgm,evaluate}` and `tools/*.py`.
+"""Entry-point plumbing shared by `python -m vggrpo_jax.<entry point>` and `tools/*.py`.
 
 A user's mistake (a `vggrpo_jax.errors.UserError`, a bad flag, an unknown config key, a config file that does not
 load) is printed as ONE line, `error: <message>`, on stderr, and the process exits with status 2. The traceback is
 shown only with `--verbose`. Any other exception is a bug and propagates with its full traceback (exit status 1).
 
     tools:        sys.exit(cli.run(main))             main(argv) parses with cli.ArgumentParser (adds --verbose)
+    config jobs:  cli.run_job(main)                   main(config, workdir): --config, --workdir, run_absl
     absl jobs:    cli.run_absl(main)                  instead of absl.app.run(main)
+
+A config file's relative paths are resolved against the file's directory when the flags are parsed
+(config_files.resolve_config_flag); `--config.x=...` overrides stay relative to the working directory.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
+from vggrpo_jax import config_files
 from vggrpo_jax.errors import OutputExistsError, PathNotFoundError, UserError, first_line, read_json
 
 EXIT_USER_ERROR = 2
@@ -94,7 +99,8 @@ def _flags_error(err: BaseException) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing with one-line errors (exit status 2); also loads every config-file flag eagerly, since
-    ml_collections defers a missing or broken config file to the first access of the config."""
+    ml_collections defers a missing or broken config file to the first access of the config, and resolves the
+    relative paths written in each config file against its directory (config_files.resolve_config_flag)."""
     from absl import flags  # noqa: PLC0415
 
     verbose = "--verbose" in argv
@@ -118,6 +124,8 @@ def parse_flags(argv: list[str]) -> list[str]:
                     raise
                 lines = [l.strip() for l in str(err).splitlines() if l.strip()]
                 fail(f"--{name}: cannot load the config file: {lines[-1]}")
+        elif name in _CONFIG_FILE_FLAGS and value is not None:
+            config_files.resolve_config_flag(flags.FLAGS[name])
     return rest
 
 
@@ -139,4 +147,41 @@ def run_absl(main: Callable[[list[str]], Any]) -> None:
     app.run(guarded, flags_parser=parse_flags)
 
 
-__all__ = ["ArgumentParser", "EXIT_USER_ERROR", "fail", "parse_flags", "read_json", "require_new", "require_path", "run", "run_absl"]
+_CONFIG_FILE_FLAGS: set[str] = set()  # the config-file flags job_flags defined: parse_flags resolves their paths
+
+
+def job_flags() -> tuple[Any, Any]:
+    """Defines --config (an ml_collections config file, "FILE[:arg]", with dotted overrides --config.x.y=...; locked,
+    so an override of a key the file does not define fails) and --workdir; returns their two flag holders."""
+    from absl import flags  # noqa: PLC0415
+    from ml_collections import config_flags  # noqa: PLC0415
+
+    config = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+    _CONFIG_FILE_FLAGS.add(config.name)
+    workdir = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and samples", required=True)
+    return config, workdir
+
+
+def run_job(main: Callable[[Any, str], Any], *, quiet_logs: bool = False) -> None:
+    """The `if __name__ == "__main__"` of a config-driven job: defines --config and --workdir (job_flags), parses
+    them and the entry point's own flags (defined at its module level) with one-line errors (run_absl), rejects
+    positional arguments, then calls main(config, workdir) (exit status 0 when it returns).
+
+    quiet_logs: absl logging at WARNING (orbax logs every checkpoint step at INFO; the progress bars are what a
+    person reads)."""
+    from absl import app, logging  # noqa: PLC0415
+
+    config, workdir = job_flags()
+
+    def call(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        if quiet_logs:
+            logging.set_verbosity(logging.WARNING)
+        main(config.value, workdir.value)  # its result is not an exit status (absl would sys.exit() it)
+
+    run_absl(call)
+
+
+__all__ = ["ArgumentParser", "EXIT_USER_ERROR", "fail", "job_flags", "parse_flags", "read_json", "require_new",
+           "require_path", "run", "run_absl", "run_job"]

@@ -6,7 +6,8 @@ setup) and overrides what differs. Every entry point takes
     --config=configs/x.py [--config.rl.group_size=8 ...] --workdir=DIR
 
 An override of a key that does not exist fails (the ConfigDict is locked), and `validate(config)` rejects invalid
-values with a message that names the key.
+values with a message that names the key. The flags themselves are defined by cli.job_flags; relative paths written
+in a config file are resolved against the file's directory (config_files).
 """
 
 from __future__ import annotations
@@ -351,15 +352,5 @@ def validate_topology(c: ConfigDict, mesh_shape: Mapping[str, int], process_coun
             _fail("mesh.context", context, f"must divide the DiT's {tokens} video tokens (config.video)")
 
 
-def define_flags(default_config: str | None = None):
-    """Defines --config (ml_collections file + dotted overrides, locked) and --workdir; returns the two holders."""
-    from absl import flags  # noqa: PLC0415
-    from ml_collections import config_flags  # noqa: PLC0415
-
-    config = config_flags.DEFINE_config_file("config", default_config, "experiment config file", lock_config=True)
-    workdir = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and samples", required=True)
-    return config, workdir
-
-
-__all__ = ["base_config", "validate", "validate_guidance", "validate_topology", "check_finite", "define_flags",
+__all__ = ["base_config", "validate", "validate_guidance", "validate_topology", "check_finite",
            "ml_collections"]

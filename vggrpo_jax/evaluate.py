@@ -6,23 +6,14 @@ the RGB path and a pixel-space motion score (vggrpo_jax/grpo/evaluator.py); writ
 
 from __future__ import annotations
 
-from typing import Sequence
-
-from absl import app, logging
-
-from vggrpo_jax.config import define_flags
 from vggrpo_jax.grpo.run import evaluate_latest
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
-    print(evaluate_latest(FLAGS_CONFIG.value, FLAGS_WORKDIR.value))
+def main(config, workdir: str) -> None:
+    print(evaluate_latest(config, workdir))
 
 
 if __name__ == "__main__":
     from vggrpo_jax import cli  # noqa: PLC0415
 
-    FLAGS_CONFIG, FLAGS_WORKDIR = define_flags()
-    cli.run_absl(main)
+    cli.run_job(main, quiet_logs=True)

@@ -22,41 +22,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vggrpo_jax.guidance import GuidedSampler
-from vggrpo_jax.lgm.connector import ConnectorConfig
-from vggrpo_jax.models.any4d import Any4DConfig
-from vggrpo_jax.models.lora import LoRAParam
-from vggrpo_jax.models.wan.transformer import WanTransformer
-from vggrpo_jax.models.wan.vae_config import WanVAEConfig
-from vggrpo_jax.parallel import abstract_placed, logical_sharding
-from vggrpo_jax.policy import Policy, wan_config_from
-from vggrpo_jax.grpo.trainer import GRPOTrainer, latent_shape
-from vggrpo_jax.grpo.aot import abstract_lgm, stats
+from vggrpo_jax.parallel import logical_sharding
+from vggrpo_jax.policy import Policy
+from vggrpo_jax.grpo.trainer import GRPOTrainer
+from vggrpo_jax.grpo.aot import abstract_components, stats
 
 BATCH_AXES = ("batch", None, None, None, None)
-
-
-def abstract_components(config: Any, mesh: Mesh, stitch_layer: int, text_dim: int | None = None,
-                        latent_channels: int | None = None):
-    """(policy, lgm_graphdef, lgm_state, latent shape) of `config` as placed abstract shapes on `mesh`."""
-    c = config
-    vae_cfg = getattr(WanVAEConfig, c.vae.preset)()
-    overrides = {}
-    if text_dim is not None:
-        overrides["text_dim"] = text_dim
-    if latent_channels is not None:
-        overrides.update(in_channels=latent_channels, out_channels=latent_channels)
-    wcfg = wan_config_from(c, **overrides)
-    shape = latent_shape(c, vae_cfg, wcfg.in_channels)
-    graphdef, lora, frozen = nnx.split(nnx.eval_shape(lambda: WanTransformer(wcfg, nnx.Rngs(0))), LoRAParam, ...)
-    policy = Policy(wcfg, graphdef, abstract_placed(lora, mesh), abstract_placed(frozen, mesh))
-    any4d_cfg = (Any4DConfig.full if c.any4d.preset == "full" else Any4DConfig.tiny)(
-        dtype=jnp.dtype(c.any4d.dtype), lora_rank=int(c.any4d.lora_rank), lora_alpha=float(c.any4d.lora_alpha))
-    lgm_graphdef, lgm_state = abstract_lgm(any4d_cfg, ConnectorConfig(), shape[0], stitch_layer, mesh)
-    return policy, lgm_graphdef, lgm_state, shape
 
 
 def guided_samplers(config: Any, mesh: Mesh, num_steps: int, policy: Policy, lgm_graphdef: Any,

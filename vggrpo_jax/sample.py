@@ -9,13 +9,9 @@ Writes OUT/000000.mp4, … and OUT/samples.jsonl (index, prompt, seed, checkpoin
 
 from __future__ import annotations
 
-from typing import Sequence
+from absl import flags
 
-from absl import app, flags, logging
-
-from vggrpo_jax.config import define_flags
-
-FLAGS_CONFIG, FLAGS_WORKDIR = define_flags()  # --config and --workdir, as every job takes them
+# Its own flags; --config and --workdir, as every job takes them, come from cli.run_job.
 CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'base' (adapters off) or a step number")
 PROMPTS = flags.DEFINE_string("prompts", None, "prompt file (.txt one per line, or .jsonl)", required=True)
 OUT = flags.DEFINE_string("out", None, "output directory for the mp4s and samples.jsonl", required=True)
@@ -24,13 +20,10 @@ NUM_STEPS = flags.DEFINE_integer("num_steps", None, "ODE steps (default: config.
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "videos per sampler call (0: one per batch shard of the mesh)")
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
+def main(config, workdir: str) -> None:
     from vggrpo_jax.sampling import sample  # noqa: PLC0415
 
-    records = sample(FLAGS_CONFIG.value, FLAGS_WORKDIR.value, CHECKPOINT.value, PROMPTS.value, OUT.value, SEED.value,
+    records = sample(config, workdir, CHECKPOINT.value, PROMPTS.value, OUT.value, SEED.value,
                      NUM_STEPS.value, BATCH_SIZE.value)
     print(f"wrote {len(records)} videos and samples.jsonl to {OUT.value}")
 
@@ -38,4 +31,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     from vggrpo_jax import cli  # noqa: PLC0415
 
-    cli.run_absl(main)
+    cli.run_job(main, quiet_logs=True)

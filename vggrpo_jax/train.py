@@ -9,26 +9,12 @@ Ctrl-C saves a checkpoint after the current iteration and exits non-zero.
 
 from __future__ import annotations
 
-from typing import Sequence
-
-from absl import app, logging
-
-from vggrpo_jax.config import define_flags
 from vggrpo_jax.grpo.run import evaluate_latest, train
 
 __all__ = ["evaluate_latest", "train"]
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # orbax logs every checkpoint step at INFO; the progress bars and our warnings are what a person needs to see.
-    logging.set_verbosity(logging.WARNING)
-    train(FLAGS_CONFIG.value, FLAGS_WORKDIR.value)
-
-
 if __name__ == "__main__":
     from vggrpo_jax import cli  # noqa: PLC0415
 
-    FLAGS_CONFIG, FLAGS_WORKDIR = define_flags()
-    cli.run_absl(main)
+    cli.run_job(train, quiet_logs=True)  # orbax's per-checkpoint INFO lines off: the progress bars are what to read

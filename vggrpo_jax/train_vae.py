@@ -8,16 +8,13 @@ Resumable: run the same command again after an interruption. See vggrpo_jax/toy_
 from __future__ import annotations
 
 
-def main(argv) -> None:
-    del argv
-    from vggrpo_jax.toy_vae.job import run  # noqa: PLC0415
+def main(config, workdir: str) -> None:
+    from vggrpo_jax.toy_vae.job import run  # noqa: PLC0415  (the job's imports after the flags parsed)
 
-    run(_CONFIG.value, _WORKDIR.value)
+    run(config, workdir)
 
 
 if __name__ == "__main__":
     from vggrpo_jax import cli  # noqa: PLC0415
-    from vggrpo_jax.config import define_flags  # noqa: PLC0415
 
-    _CONFIG, _WORKDIR = define_flags()
-    cli.run_absl(main)  # a user error: one line, exit status 2 (--verbose: traceback)
+    cli.run_job(main)  # --config, --workdir; a user error: one line, exit status 2 (--verbose: traceback)

@@ -28,7 +28,7 @@ def job_env(single_device: bool = True) -> dict:
 
 def start(cmd: list[str], env: dict) -> subprocess.Popen:
     log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(["nice", "-n", "19", *cmd], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             text=True)
     proc.log = log  # type: ignore[attr-defined]
     return proc

@@ -151,26 +151,29 @@ def run(c: Any, workdir: str) -> dict:
         postfix=("loss",))
     if int(c.train.eval_every) > 0:
         loop.every(int(c.train.eval_every), quick_eval, at_end=False)
-    with loop:
-        for step in loop:
-            batch = sample_views(train_cache, seed, step, bsz, nviews, tuple(c.data.strides),
-                                 float(c.data.reverse_prob))
-            state, metrics = step_fn(state, batch, step)
-            loop.step_done(step, metrics)
-    ckpt.wait()
-    ckpt.close()
+    # An exception (a divergence, a bad batch) must still flush the checkpoint in flight and the metrics file.
+    try:
+        with loop:
+            for step in loop:
+                batch = sample_views(train_cache, seed, step, bsz, nviews, tuple(c.data.strides),
+                                     float(c.data.reverse_prob))
+                state, metrics = step_fn(state, batch, step)
+                loop.step_done(step, metrics)
+        ckpt.wait()
 
-    final = nnx.merge(graphdef, state["params"])
-    report = evaluate(final, heldout_cache, num_clips=int(c.eval.num_clips), batch_size=int(c.eval.batch_size),
-                      reward_kwargs=rkw, mask_threshold=mask_threshold(c),
-                      min_baseline=float(c.eval.min_baseline))
+        final = nnx.merge(graphdef, state["params"])
+        report = evaluate(final, heldout_cache, num_clips=int(c.eval.num_clips), batch_size=int(c.eval.batch_size),
+                          reward_kwargs=rkw, mask_threshold=mask_threshold(c),
+                          min_baseline=float(c.eval.min_baseline))
+        writer.write(total, {f"final/{k}": v for k, v in report["mean"].items()})
+    finally:
+        ckpt.close()
+        writer.close()
     text = format_report(report)
     print(text, flush=True)
     summary = {"mean": report["mean"], "spearman_motion": report["spearman_motion"],
                "spearman_geo": report["spearman_geo"], "num_clips": report["num_clips"],
                "bars_met": bars_met(report)}
-    writer.write(total, {f"final/{k}": v for k, v in report["mean"].items()})
-    writer.close()
     with open(os.path.join(workdir, "heldout.json"), "w") as f:
         json.dump(summary, f, indent=1, sort_keys=True)
     info = {

@@ -63,21 +63,33 @@ def abstract_lgm(any4d_config: Any4DConfig, connector: ConnectorConfig, latent_c
     return graphdef, abstract_placed(state, mesh)
 
 
+def abstract_components(config: Any, mesh: Mesh, stitch_layer: int, text_dim: int | None = None,
+                        latent_channels: int | None = None):
+    """(policy, lgm_graphdef, lgm_state, latent shape) of `config` as placed abstract shapes on `mesh`."""
+    c = config
+    vae_cfg = getattr(WanVAEConfig, c.vae.preset)()
+    overrides = {}
+    if text_dim is not None:
+        overrides["text_dim"] = text_dim
+    if latent_channels is not None:
+        overrides.update(in_channels=latent_channels, out_channels=latent_channels)
+    wcfg = wan_config_from(c, **overrides)
+    shape = latent_shape(c, vae_cfg, wcfg.in_channels)
+    graphdef, lora, frozen = nnx.split(nnx.eval_shape(lambda: WanTransformer(wcfg, nnx.Rngs(0))), LoRAParam, ...)
+    policy = Policy(wcfg, graphdef, abstract_placed(lora, mesh), abstract_placed(frozen, mesh))
+    any4d_cfg = (Any4DConfig.full if c.any4d.preset == "full" else Any4DConfig.tiny)(
+        dtype=jnp.dtype(c.any4d.dtype), lora_rank=int(c.any4d.lora_rank), lora_alpha=float(c.any4d.lora_alpha))
+    lgm_graphdef, lgm_state = abstract_lgm(any4d_cfg, ConnectorConfig(), shape[0], stitch_layer, mesh)
+    return policy, lgm_graphdef, lgm_state, shape
+
+
 def compile_grpo_iteration(config: Any, mesh: Mesh, stitch_layer: int = 12) -> dict[str, dict[str, float]]:
     """Compiles rollout, rewards and update of `config` (a training ConfigDict, e.g. configs/wan21.py) on `mesh`.
 
     Returns {"rollout": stats, "rewards": stats, "update": stats, "shapes": {...}}.
     """
     c = config
-    vae_cfg = getattr(WanVAEConfig, c.vae.preset)()
-    wcfg = wan_config_from(c)
-    shape = latent_shape(c, vae_cfg, wcfg.in_channels)
-    graphdef, lora, frozen = nnx.split(nnx.eval_shape(lambda: WanTransformer(wcfg, nnx.Rngs(0))), LoRAParam, ...)
-    policy = Policy(wcfg, graphdef, abstract_placed(lora, mesh), abstract_placed(frozen, mesh))
-
-    any4d_cfg = (Any4DConfig.full if c.any4d.preset == "full" else Any4DConfig.tiny)(
-        dtype=jnp.dtype(c.any4d.dtype), lora_rank=int(c.any4d.lora_rank), lora_alpha=float(c.any4d.lora_alpha))
-    lgm_graphdef, lgm_state = abstract_lgm(any4d_cfg, ConnectorConfig(), shape[0], stitch_layer, mesh)
+    policy, lgm_graphdef, lgm_state, shape = abstract_components(c, mesh, stitch_layer)
     trainer = GRPOTrainer(c, policy, lgm_graphdef, lgm_state, shape, mesh)
 
     batch = int(c.rl.prompts_per_batch) * int(c.rl.group_size)
@@ -86,8 +98,9 @@ def compile_grpo_iteration(config: Any, mesh: Mesh, stitch_layer: int = 12) -> d
     def sds(shape_, axes, dtype=jnp.float32):
         return jax.ShapeDtypeStruct(shape_, dtype, sharding=logical_sharding(axes, mesh, shape=shape_))
 
-    cond = sds((batch, length, wcfg.text_dim), ("batch", None, None))
-    uncond = jax.ShapeDtypeStruct((1, length, wcfg.text_dim), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec()))
+    cond = sds((batch, length, policy.config.text_dim), ("batch", None, None))
+    uncond = jax.ShapeDtypeStruct((1, length, policy.config.text_dim), jnp.float32,
+                                  sharding=NamedSharding(mesh, PartitionSpec()))
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, PartitionSpec()))
     out: dict[str, Any] = {}
     with jax.set_mesh(mesh):

@@ -26,7 +26,7 @@ from flax import nnx
 from vggrpo_jax.evaluation import make_records, video_scores
 from vggrpo_jax.grpo.trainer import GRPOTrainer
 from vggrpo_jax.parallel import mesh_context, place_state, replicate, shard_batch, to_host
-from vggrpo_jax.rewards import geometry_rewards
+from vggrpo_jax.rewards import finite_stats, geometry_rewards
 
 
 def frame_smoothness(video: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -129,12 +129,11 @@ class Evaluator:
 
 
 def _summary(prefix: str, rewards: dict) -> dict[str, float]:
-    """Mean of each reward over the samples where it is finite, and the fraction where it is not (r_geo = −inf when
-    a view has no valid pixel)."""
+    """{prefix}_{name} (the mean over the samples where the reward is finite; NaN if none) and
+    {prefix}_{name}_nonfinite_frac for r_motion and r_geo: rewards.finite_stats, as the trainer's reward/* metrics."""
     out = {}
     for name in ("motion", "geo"):
-        r = np.asarray(rewards[name], np.float64)
-        finite = np.isfinite(r)
-        out[f"{prefix}_{name}"] = float(r[finite].mean()) if finite.any() else float("nan")
-        out[f"{prefix}_{name}_nonfinite_frac"] = float(1.0 - finite.mean())
+        stats = finite_stats(np.asarray(rewards[name]))
+        out[f"{prefix}_{name}"] = float(stats["mean"])
+        out[f"{prefix}_{name}_nonfinite_frac"] = float(stats["nonfinite_frac"])
     return out

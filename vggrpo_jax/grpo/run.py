@@ -32,6 +32,7 @@ from tqdm import tqdm
 from vggrpo_jax import backbones as build
 from vggrpo_jax import parallel, training
 from vggrpo_jax.config import validate, validate_topology
+from vggrpo_jax.config_files import load_config_file
 from vggrpo_jax.data.pipeline import PromptBatches
 from vggrpo_jax.errors import ConfigError, PathNotFoundError
 from vggrpo_jax.evaluation import write_report
@@ -64,7 +65,7 @@ def build_geometry(config: Any, workdir: str) -> tuple[Any, Any, Any]:
         path = build._require(config.lgm.checkpoint, "lgm.checkpoint",
                               "LGM directory written by vggrpo_jax.train_lgm")
     elif config.lgm.build_config:
-        source = build.load_config_file(config.lgm.build_config)
+        source = load_config_file(config.lgm.build_config)  # its own relative paths: against its directory
         path = os.path.join(workdir, "lgm", "lgm")
         if not os.path.isfile(os.path.join(path, "lgm.json")):
             pipeline.run(source, os.path.join(workdir, "lgm"))

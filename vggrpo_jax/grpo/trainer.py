@@ -28,7 +28,7 @@ from vggrpo_jax import rl, training
 from vggrpo_jax.models.wan.vae_config import check_num_frames
 from vggrpo_jax.parallel import constrain, mesh_context, to_host
 from vggrpo_jax.policy import Policy
-from vggrpo_jax.rewards import RewardOptions, geometry_rewards, group_advantages
+from vggrpo_jax.rewards import RewardOptions, finite_stats, geometry_rewards, group_advantages
 
 REWARD_NAMES = ("motion", "geo")
 
@@ -52,12 +52,10 @@ def reward_options(config: Any) -> RewardOptions:
 
 
 def _stats(name: str, x: jax.Array) -> dict[str, jax.Array]:
-    """Mean and std over the finite entries, and the fraction of non-finite ones (e.g. r_geo = −inf)."""
-    finite = jnp.isfinite(x)
-    n = jnp.maximum(jnp.sum(finite), 1)
-    mean = jnp.sum(jnp.where(finite, x, 0.0)) / n
-    std = jnp.sqrt(jnp.sum(jnp.where(finite, (x - mean) ** 2, 0.0)) / n)
-    return {f"{name}_mean": mean, f"{name}_std": std, f"{name}_nonfinite_frac": 1.0 - jnp.mean(finite)}
+    """{name}_mean, {name}_std, {name}_nonfinite_frac (rewards.finite_stats: over the finite entries, e.g. r_geo =
+    −inf left out). An iteration with no finite entry logs 0 for mean and std (training curves stay finite;
+    nonfinite_frac = 1 marks it)."""
+    return {f"{name}_{k}": v for k, v in finite_stats(x, empty=0.0).items()}
 
 
 @dataclasses.dataclass

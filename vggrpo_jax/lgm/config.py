@@ -81,8 +81,10 @@ def lgm_base_config() -> ConfigDict:
         sigmas=[0.0, 0.1, 0.25, 0.5, 1.0],
         reward=ConfigDict(dict(top_k=3, conf_quantile=0.0, flow_threshold=0.05, stride=4, use_scene_flow=True)),
     ))
-    # max_consecutive_skips: stop with an error after this many non-finite (skipped) updates in a row; 0 = never
-    c.train = ConfigDict(dict(save_every=500, log_every=10, progress=True, max_consecutive_skips=10))
+    # max_consecutive_skips: stop with an error after this many non-finite (skipped) updates in a row; 0 = never.
+    # profile_steps > 0: a jax.profiler trace of that many alignment steps (from the stage's second step in this run)
+    # in <workdir>/profile; the job's one window (the stitching search is not traced).
+    c.train = ConfigDict(dict(save_every=500, log_every=10, progress=True, max_consecutive_skips=10, profile_steps=0))
     return c
 
 
@@ -123,6 +125,11 @@ def validate_lgm(c: ConfigDict) -> ConfigDict:
         _fail("align.steps", c.align.steps, "must be ≥ 0")
     if int(c.train.max_consecutive_skips) < 0:
         _fail("train.max_consecutive_skips", c.train.max_consecutive_skips, "must be ≥ 0 (0: never stop)")
+    if not isinstance(c.train.profile_steps, int) or c.train.profile_steps < 0:
+        _fail("train.profile_steps", c.train.profile_steps, "must be an integer ≥ 0 (0: no profiler trace)")
+    if c.train.profile_steps and int(c.align.steps) < 2:
+        _fail("train.profile_steps", c.train.profile_steps,
+              f"traces the alignment stage from its second step: needs align.steps ≥ 2 (it is {c.align.steps})")
     try:
         check_num_frames(int(c.data.num_frames))
     except ValueError as e:

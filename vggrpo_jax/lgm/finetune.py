@@ -68,12 +68,17 @@ def finetune(
     latent_noise_std: float = 0.0,
     ckpt_dir: str | None = None,
     save_every: int = 100,
+    log_every: int = 10,
     max_consecutive_skips: int = 10,
     writer: Any = None,
     progress: bool = True,
     stop_after: int | None = None,
+    profile_steps: int = 0,
+    workdir: str | None = None,
 ) -> tuple[LatentGeometryModel, FitResult]:
-    """Trains the LGM by L_align on every clip of `cache`; resumable through ckpt_dir. Returns (lgm, FitResult)."""
+    """Trains the LGM by L_align on every clip of `cache`; resumable through ckpt_dir. Returns (lgm, FitResult).
+
+    profile_steps > 0: a profiler trace of that many alignment steps in `workdir/profile` (lgm.loop.fit)."""
     if train_lora and not jax.tree.leaves(nnx.state(lgm.any4d, LoRAParam)):
         raise ValueError("align.train_lora is set but the Any4D model has no LoRA adapters (any4d.lora_rank = 0)")
     fields = _fields(weights)
@@ -84,8 +89,8 @@ def finetune(
         name="align", params=params, frozen=frozen, loss_fn=loss_fn,
         batch_fn=batch_fn(cache, ["latents", *fields], batch_size, seed),
         optim=optim, total_steps=steps, rng=jax.random.key(seed + 1), ckpt_dir=ckpt_dir,
-        save_every=save_every, writer=writer, progress=progress, stop_after=stop_after,
-        max_consecutive_skips=max_consecutive_skips,
+        save_every=save_every, log_every=log_every, writer=writer, progress=progress, stop_after=stop_after,
+        max_consecutive_skips=max_consecutive_skips, profile_steps=profile_steps, workdir=workdir,
     )
     return nnx.merge(graphdef, result.params, frozen), result
 

@@ -64,6 +64,8 @@ def fit(
     log_every: int = 10,
     progress: bool = True,
     max_consecutive_skips: int = 10,
+    profile_steps: int = 0,
+    workdir: str | None = None,
 ) -> FitResult:
     """Minimises loss_fn(params, frozen, batch, rng) → (loss, metrics) for total_steps steps, resumably.
 
@@ -82,6 +84,8 @@ def fit(
       writer: a training.MetricWriter or None (metrics, step time and samples/s every log_every steps).
       max_consecutive_skips: raise training.TrainingDiverged after this many updates in a row were skipped for a
         non-finite loss, gradient or result (each such update leaves params and optimizer state unchanged); 0 = never.
+      profile_steps, workdir: a profiler trace of that many steps (from this call's second step) in
+        `workdir/profile` (training.TrainLoop's window; 0 = none).
     Returns FitResult(params, step reached, metric history of this call, finished = step == total_steps).
     """
     rng = jax.random.key_data(rng) if jnp.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key) else rng
@@ -109,7 +113,7 @@ def fit(
     history: list[dict] = []
     loop = TrainLoop(end, step, writer=writer, metric_prefix=f"{name}/", log_every=log_every, checkpoint=save,
                      checkpoint_every=save_every, desc=name, postfix=("loss",), progress=progress,
-                     max_consecutive_skips=max_consecutive_skips)
+                     max_consecutive_skips=max_consecutive_skips, profile_steps=profile_steps, workdir=workdir)
     base_key = jax.random.wrap_key_data(state["rng"])
     try:
         with loop:

@@ -129,7 +129,8 @@ def run(c: ConfigDict, workdir: str, *, align_stop_after: int | None = None) -> 
             latent_channels=latent_channels, any4d_config=any4d.config, steps=int(c.stitch.steps),
             batch_size=int(c.stitch.batch_size), optim=OptimConfig.from_config(c.stitch.optim, where="stitch.optim"),
             seed=int(c.seed), criterion_kind=c.stitch.criterion, weights=dict(c.stitch.weights),
-            workdir=os.path.join(workdir, "stitch"), save_every=int(c.train.save_every), writer=writer,
+            workdir=os.path.join(workdir, "stitch"), save_every=int(c.train.save_every),
+            log_every=int(c.train.log_every), writer=writer,
             max_consecutive_skips=int(c.train.max_consecutive_skips),
             progress=progress,
         )
@@ -146,9 +147,13 @@ def run(c: ConfigDict, workdir: str, *, align_stop_after: int | None = None) -> 
                 lgm, train, steps=int(c.align.steps), batch_size=int(c.align.batch_size),
                 optim=OptimConfig.from_config(c.align.optim, where="align.optim"), weights=weights, seed=int(c.seed),
                 train_lora=bool(c.align.train_lora), latent_noise_std=float(c.align.latent_noise_std),
-                ckpt_dir=os.path.join(workdir, "align"), save_every=int(c.train.save_every), writer=writer,
+                ckpt_dir=os.path.join(workdir, "align"), save_every=int(c.train.save_every),
+                log_every=int(c.train.log_every), writer=writer,
                 max_consecutive_skips=int(c.train.max_consecutive_skips),
                 progress=progress, stop_after=align_stop_after,
+                # The job's one profiler window: the alignment stage, the longest fit and the LGM's final parameters
+                # (the stitching search runs many short fits of one connector each).
+                profile_steps=int(c.train.profile_steps), workdir=workdir,
             )
             if not result.finished:
                 summary["finished"] = False

@@ -90,6 +90,7 @@ def fit_connector(
     weights: Mapping[str, float] | None = None,
     ckpt_dir: str | None = None,
     save_every: int = 100,
+    log_every: int = 10,
     max_consecutive_skips: int = 10,
     writer: Any = None,
     name: str = "stitch",
@@ -109,7 +110,7 @@ def fit_connector(
         name=name, params=params, frozen=None, loss_fn=loss_fn,
         batch_fn=batch_fn(cache, ["latents", *keys.values()], batch_size, seed),
         optim=optim, total_steps=steps, rng=jax.random.key(seed), ckpt_dir=ckpt_dir,
-        save_every=save_every, writer=writer, progress=progress, stop_after=stop_after,
+        save_every=save_every, log_every=log_every, writer=writer, progress=progress, stop_after=stop_after,
         max_consecutive_skips=max_consecutive_skips,
     )
     return nnx.merge(graphdef, result.params), result
@@ -156,6 +157,7 @@ def stitching_search(
     weights: Mapping[str, float] | None = None,
     workdir: str | None = None,
     save_every: int = 100,
+    log_every: int = 10,
     max_consecutive_skips: int = 10,
     writer: Any = None,
     progress: bool = True,
@@ -181,8 +183,8 @@ def stitching_search(
             ckpt = None if workdir is None else os.path.join(workdir, f"{vname}_l{l}")
             conn, _ = fit_connector(
                 conn, train, steps=steps, batch_size=batch_size, optim=optim, seed=seed, weights=weights,
-                ckpt_dir=ckpt, save_every=save_every, writer=writer, name=f"stitch/{vname}/l{l}", progress=progress,
-                max_consecutive_skips=max_consecutive_skips,
+                ckpt_dir=ckpt, save_every=save_every, log_every=log_every, writer=writer, name=f"stitch/{vname}/l{l}",
+                progress=progress, max_consecutive_skips=max_consecutive_skips,
             )
             e = evaluate_connector(conn, heldout, variances, batch_size)
             e["criterion"] = criterion(e, criterion_kind, weights)
