@@ -96,6 +96,21 @@ def test_crops_depend_on_seed_and_step_only():
         CropSampler(v, 4, 5, 12, seed=1)
 
 
+def test_object_psnr_pools_the_object_pixels():
+    rng = np.random.default_rng(0)
+    videos = rng.integers(0, 256, (2, 5, 8, 8, 3), dtype=np.uint8)
+    objects = rng.random((2, 5, 8, 8)) < 0.25
+    err = jnp.asarray(np.where(objects[:, None], 0.1, 0.01).astype(np.float32))  # object pixels off by 0.1
+
+    def eval_fn(params, video):  # a fake model that knows its error map
+        return psnr(video + err, video), ssim(video, video), None, video + err
+
+    out = job.evaluate(eval_fn, None, videos, 2, objects)
+    np.testing.assert_allclose(out["psnr_objects"], 10 * np.log10(4 / 0.01), atol=1e-3)  # from 0.1² alone
+    assert out["psnr"] < out["psnr_objects"] + 10
+    assert "psnr_objects" not in job.evaluate(eval_fn, None, videos, 2)
+
+
 def test_psnr_ssim():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(-0.8, 0.8, (2, 3, 2, 24, 24)).astype(np.float32))

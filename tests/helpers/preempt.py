@@ -82,12 +82,16 @@ def wait_for_step(proc: subprocess.Popen, metrics_path: str, step: int, prefix: 
 
 
 def metric_rows(metrics_path: str) -> dict[int, dict]:
-    """{step: merged row without perf/ keys} of a metrics.jsonl (a resumed run appends to the same file)."""
+    """{step: merged row without wall-clock keys} of a metrics.jsonl (a resumed run appends to the same file).
+
+    Wall-clock keys are those with a ``perf`` path component: ``perf/step_seconds`` and the LGM's nested
+    ``stitch/<variant>/l<k>/perf/step_seconds`` alike.
+    """
     rows: dict[int, dict] = {}
     with open(metrics_path) as fh:
         for line in fh:
             row = json.loads(line)
-            rows.setdefault(int(row.pop("step")), {}).update({k: v for k, v in row.items() if not k.startswith("perf/")})
+            rows.setdefault(int(row.pop("step")), {}).update({k: v for k, v in row.items() if "perf" not in k.split("/")})
     return rows
 
 

@@ -44,7 +44,7 @@ from vggrpo_jax.toy_vae.metrics import psnr, ssim
 
 _KEYS = {
     "seed": None,
-    "model": {"base_dim", "z_dim", "dim_mult", "num_res_blocks"},
+    "model": {"base_dim", "decoder_base_dim", "z_dim", "dim_mult", "num_res_blocks"},
     "data": {"data_dir", "config", "num_train", "crop_frames", "crop_size", "flip"},
     "loss": {"l1", "mse", "grad", "kl"},
     "optim": None,  # checked by training.OptimConfig.from_config
@@ -85,7 +85,8 @@ def validate(c: ConfigDict) -> None:
 def model_config(c: ConfigDict) -> WanVAEConfig:
     m = c.model
     z = int(m.z_dim)
-    return WanVAEConfig(base_dim=int(m.base_dim), z_dim=z, dim_mult=tuple(m.dim_mult),
+    dec = int(m.decoder_base_dim) if m.decoder_base_dim else None  # 0 / None: the encoder's base_dim (Wan2.1)
+    return WanVAEConfig(base_dim=int(m.base_dim), decoder_base_dim=dec, z_dim=z, dim_mult=tuple(m.dim_mult),
                         num_res_blocks=int(m.num_res_blocks), latents_mean=(0.0,) * z, latents_std=(1.0,) * z)
 
 
@@ -140,16 +141,27 @@ def make_eval_fn(graphdef):
     return eval_fn
 
 
-def evaluate(eval_fn, params, videos: np.ndarray, batch_size: int) -> dict[str, Any]:
-    """Held-out PSNR / SSIM over uint8 clips (N, F, H, W, 3), full clips; returns means and per-clip values."""
-    ps, ss = [], []
+def evaluate(eval_fn, params, videos: np.ndarray, batch_size: int, objects: np.ndarray | None = None) -> dict[str, Any]:
+    """Held-out PSNR / SSIM over uint8 clips (N, F, H, W, 3), full clips; returns means and per-clip values.
+
+    With ``objects`` (N, F, H, W) bool also ``psnr_objects``: the PSNR of all object pixels pooled (the hard part).
+    """
+    ps, ss, obj_se, obj_n = [], [], 0.0, 0
     for i in range(0, len(videos), batch_size):
-        p, s, _, _ = eval_fn(params, jnp.asarray(toyworld_tfds.video_to_model(videos[i : i + batch_size])))
+        x = toyworld_tfds.video_to_model(videos[i : i + batch_size])
+        p, s, _, rec = eval_fn(params, jnp.asarray(x))
         ps.append(np.asarray(p))
         ss.append(np.asarray(s))
+        if objects is not None:
+            m = objects[i : i + batch_size][:, None]  # (B, 1, F, H, W) against (B, 3, F, H, W)
+            obj_se += float(np.sum(((np.asarray(rec, np.float64) - x) ** 2) * m))
+            obj_n += 3 * int(m.sum())
     ps, ss = np.concatenate(ps), np.concatenate(ss)
-    return {"psnr": float(ps.mean()), "ssim": float(ss.mean()), "psnr_min": float(ps.min()), "num_clips": len(ps),
-            "psnr_per_clip": ps.tolist()}
+    out = {"psnr": float(ps.mean()), "ssim": float(ss.mean()), "psnr_min": float(ps.min()), "num_clips": len(ps),
+           "psnr_per_clip": ps.tolist()}
+    if obj_n:
+        out["psnr_objects"] = float(10 * np.log10(4.0 / max(obj_se / obj_n, 1e-12)))
+    return out
 
 
 def latent_stats(eval_fn, params, videos: np.ndarray, batch_size: int) -> tuple[list[float], list[float]]:
@@ -173,9 +185,9 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
     steps, batch = int(c.train.steps), int(c.train.batch_size)
     data_dir = c.data.data_dir or toyworld_tfds.DEFAULT_DATA_DIR
     num_eval = max(int(c.eval.num_clips), int(c.eval.final_num_clips))
-    train_videos, train_seeds = load_videos("train", data_dir, c.data.config, int(c.data.num_train),
+    train_videos, train_seeds, _ = load_videos("train", data_dir, c.data.config, int(c.data.num_train),
                                             cache=os.path.join(workdir, "data", "train_videos.npz"))
-    held_videos, held_seeds = load_videos("heldout", data_dir, c.data.config, num_eval,
+    held_videos, held_seeds, held_objects = load_videos("heldout", data_dir, c.data.config, num_eval,
                                           cache=os.path.join(workdir, "data", "heldout_videos.npz"))
     sampler = CropSampler(train_videos, batch, int(c.data.crop_frames), int(c.data.crop_size), int(c.seed),
                           bool(c.data.flip))
@@ -199,8 +211,10 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
     step_seconds: list[float] = []
 
     def eval_action(step: int) -> dict[str, float]:
-        r = evaluate(eval_fn, state["params"], held_videos[: int(c.eval.num_clips)], int(c.eval.batch_size))
-        return {"heldout/psnr": r["psnr"], "heldout/ssim": r["ssim"], "heldout/psnr_min": r["psnr_min"]}
+        n = int(c.eval.num_clips)
+        r = evaluate(eval_fn, state["params"], held_videos[:n], int(c.eval.batch_size), held_objects[:n])
+        return {"heldout/psnr": r["psnr"], "heldout/ssim": r["ssim"], "heldout/psnr_min": r["psnr_min"],
+                "heldout/psnr_objects": r.get("psnr_objects", float("nan"))}
 
     loop = training.TrainLoop(
         steps, start, writer=writer, samples_per_step=batch, log_every=int(c.train.log_every),
@@ -221,11 +235,13 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         ckpt.wait()
 
         t0 = time.perf_counter()
-        final = evaluate(eval_fn, state["params"], held_videos[: int(c.eval.final_num_clips)], int(c.eval.batch_size))
+        n = int(c.eval.final_num_clips)
+        final = evaluate(eval_fn, state["params"], held_videos[:n], int(c.eval.batch_size), held_objects[:n])
         eval_s = time.perf_counter() - t0
         mean, std = latent_stats(eval_fn, state["params"], train_videos[: int(c.eval.stats_clips)],
                                  int(c.eval.batch_size))
-        writer.write(steps, {"final/heldout_psnr": final["psnr"], "final/heldout_ssim": final["ssim"]})
+        writer.write(steps, {"final/heldout_psnr": final["psnr"], "final/heldout_ssim": final["ssim"],
+                             "final/heldout_psnr_objects": final.get("psnr_objects", float("nan"))})
         _write_samples(writer, steps, eval_fn, state["params"], held_videos[: int(c.eval.batch_size)])
     finally:
         ckpt.close()
@@ -241,7 +257,7 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         "data": {"dataset": f"toyworld/{c.data.config}", "version": str(toyworld_tfds.Toyworld.VERSION),
                  "train_seeds": [int(train_seeds[0]), int(train_seeds[-1]) + 1],
                  "heldout_seeds": [int(held_seeds[0]), int(held_seeds[-1]) + 1], "video": list(held_videos.shape[1:4])},
-        "heldout": {k: final[k] for k in ("psnr", "ssim", "psnr_min", "num_clips")},
+        "heldout": {k: final[k] for k in ("psnr", "ssim", "psnr_min", "psnr_objects", "num_clips") if k in final},
         "throughput": {"train_crops_per_second": crops_per_s, "crop": [int(c.data.crop_frames), int(c.data.crop_size),
                        int(c.data.crop_size)], "eval_clips_per_second": final["num_clips"] / eval_s},
     }  # fmt: skip
