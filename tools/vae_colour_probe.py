@@ -1,0 +1,81 @@
+"""Can a toy Wan VAE learn colour? A minute-long probe of the architecture's learning speed (issue 12's VAE bar).
+
+    python tools/vae_colour_probe.py [--lr=3e-4] [--steps=600] [--base_dim=16] [--z_dim=16] [--decoder_base_dim=0]
+                                     [--norm=rms|identity]
+
+Data: single 32 × 32 frames of random solid colours on the 8-px latent grid (a 4 × 4 grid of patches, each colour
+uniform in [−0.9, 0.9]³), so every latent cell holds exactly one colour — a linear code reconstructs it exactly.
+Trains `WanVAE` (the toy job's dim_mult (1, 2, 4, 4), one residual block per stage, latent means decoded) with Adam
+on a cosine schedule and the MSE alone, and prints held-out PSNR every 100 steps.
+
+Why it exists: the toy VAE decodes the toyworld's boxes and spheres as grey blobs (held-out object PSNR ≈ 14 dB).
+Measured with this probe (600 steps): 18.1 dB at lr 3e-4 with Wan's RMS norm, 28.7 dB with `--norm=identity`.
+`--norm=identity` replaces every RMSNorm by the identity: a diagnosis, not the Wan architecture.
+"""
+
+from __future__ import annotations
+
+import time
+
+from absl import app, flags
+
+LR = flags.DEFINE_float("lr", 3e-4, "peak Adam learning rate (cosine decay to 5 %)")
+STEPS = flags.DEFINE_integer("steps", 600, "training steps (batch 4)")
+BASE = flags.DEFINE_integer("base_dim", 16, "encoder base width")
+Z = flags.DEFINE_integer("z_dim", 16, "latent channels")
+DEC = flags.DEFINE_integer("decoder_base_dim", 0, "decoder base width (0: base_dim)")
+NORM = flags.DEFINE_enum("norm", "rms", ["rms", "identity"], "rms: Wan's; identity: the norm removed (diagnosis)")
+SEED = flags.DEFINE_integer("seed", 0, "init and data seed")
+
+
+def patches(seed: int, batch: int = 4):
+    """(batch, 3, 1, 32, 32) float32: a 4 × 4 grid of 8-px solid colour patches per frame."""
+    import numpy as np  # noqa: PLC0415
+
+    colours = np.random.default_rng(seed).uniform(-0.9, 0.9, (batch, 3, 1, 4, 4)).astype(np.float32)
+    return np.repeat(np.repeat(colours, 8, 3), 8, 4)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+    import optax  # noqa: PLC0415
+    from flax import nnx  # noqa: PLC0415
+
+    from vggrpo_jax.models.wan import vae_layers  # noqa: PLC0415
+    from vggrpo_jax.models.wan.vae import WanVAE, WanVAEConfig  # noqa: PLC0415
+
+    if NORM.value == "identity":
+        vae_layers.RMSNorm.__call__ = lambda self, x: x
+    z = Z.value
+    cfg = WanVAEConfig(base_dim=BASE.value, decoder_base_dim=DEC.value or None, z_dim=z, dim_mult=(1, 2, 4, 4),
+                       num_res_blocks=1, latents_mean=(0.0,) * z, latents_std=(1.0,) * z)
+    graphdef, params = nnx.split(WanVAE(cfg, rngs=nnx.Rngs(SEED.value)), nnx.Param)
+    tx = optax.adam(optax.cosine_decay_schedule(LR.value, STEPS.value, 0.05))
+    opt = tx.init(params)
+
+    def reconstruct(p, x):
+        vae = nnx.merge(graphdef, p)
+        return vae.decode(vae.encode(x)[0], clip=False)
+
+    @jax.jit
+    def step(p, o, x):
+        loss, g = jax.value_and_grad(lambda q: jnp.mean((reconstruct(q, x) - x) ** 2))(p)
+        updates, o = tx.update(g, o, p)
+        return optax.apply_updates(p, updates), o, loss
+
+    test = jnp.asarray(patches(10**6 + SEED.value, 16))
+    evaluate = jax.jit(lambda p: 10 * jnp.log10(4.0 / jnp.mean((jnp.clip(reconstruct(p, test), -1, 1) - test) ** 2)))
+    t0 = time.perf_counter()
+    for s in range(STEPS.value + 1):
+        if s % 100 == 0:
+            print(f"step {s:5d}  held-out PSNR {float(evaluate(params)):6.2f} dB  ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+        if s < STEPS.value:
+            params, opt, _ = step(params, opt, jnp.asarray(patches(SEED.value * 10**7 + s)))
+
+
+if __name__ == "__main__":
+    app.run(main)
