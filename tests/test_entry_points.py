@@ -40,7 +40,7 @@ def test_run_job_calls_main_with_the_config_and_workdir(tmp_path):
 
 
 @pytest.mark.parametrize("argv,status,message", [
-    (["--config=configs/vae_toy.py", "--workdir=w", "stray"], 1, "unexpected arguments: ['stray']"),
+    (["--config=configs/vae_toy.py", "--workdir=w", "stray"], 2, "error: unexpected arguments: ['stray']"),
     (["--config=configs/vae_toy.py"], 2, "error: flag --workdir=None"),
     (["--config=configs/vae_toy.py", "--config.nokey=1", "--workdir=w"], 2, "error: --config.nokey: the config has no"),
     (["--config=configs/none.py", "--workdir=w"], 2, "error: --config: cannot load the config file"),

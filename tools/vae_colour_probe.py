@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import time
 
-from absl import app, flags
+from absl import flags
+
+from vggrpo_jax import cli
 
 LR = flags.DEFINE_float("lr", 3e-4, "peak Adam learning rate (cosine decay to 5 %)")
 STEPS = flags.DEFINE_integer("steps", 600, "training steps (batch 4)")
@@ -38,7 +40,7 @@ def patches(seed: int, batch: int = 4):
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        cli.fail(f"unexpected arguments: {argv[1:]}")
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
     import optax  # noqa: PLC0415
@@ -78,4 +80,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_absl(main)

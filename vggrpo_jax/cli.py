@@ -169,13 +169,13 @@ def run_job(main: Callable[[Any, str], Any], *, quiet_logs: bool = False) -> Non
 
     quiet_logs: absl logging at WARNING (orbax logs every checkpoint step at INFO; the progress bars are what a
     person reads)."""
-    from absl import app, logging  # noqa: PLC0415
+    from absl import logging  # noqa: PLC0415
 
     config, workdir = job_flags()
 
     def call(argv: list[str]) -> None:
         if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+            fail(f"unexpected arguments: {argv[1:]} (settings are flags: --config.KEY=VALUE)")
         if quiet_logs:
             logging.set_verbosity(logging.WARNING)
         main(config.value, workdir.value)  # its result is not an exit status (absl would sys.exit() it)
