@@ -27,6 +27,9 @@ STEPS = flags.DEFINE_integer("steps", 600, "training steps (batch 4)")
 BASE = flags.DEFINE_integer("base_dim", 16, "encoder base width")
 Z = flags.DEFINE_integer("z_dim", 16, "latent channels")
 DEC = flags.DEFINE_integer("decoder_base_dim", 0, "decoder base width (0: base_dim)")
+FORM = flags.DEFINE_enum("form", "wan21", ["wan21", "wan22"],
+                         "wan21: dim_mult (1, 2, 4, 4), three 2× stages; wan22: 2×2 patchify + residual blocks, "
+                         "dim_mult (2, 4, 4), two 2× stages (the same 8× compression)")
 NORM = flags.DEFINE_enum("norm", "rms", ["rms", "identity"], "rms: Wan's; identity: the norm removed (diagnosis)")
 SEED = flags.DEFINE_integer("seed", 0, "init and data seed")
 
@@ -53,8 +56,12 @@ def main(argv: list[str]) -> None:
     if NORM.value == "identity":
         vae_layers.RMSNorm.__call__ = lambda self, x: x
     z = Z.value
-    cfg = WanVAEConfig(base_dim=BASE.value, decoder_base_dim=DEC.value or None, z_dim=z, dim_mult=(1, 2, 4, 4),
-                       num_res_blocks=1, latents_mean=(0.0,) * z, latents_std=(1.0,) * z)
+    form: dict = dict(dim_mult=(1, 2, 4, 4))
+    if FORM.value == "wan22":
+        form = dict(dim_mult=(2, 4, 4), temperal_downsample=(True, True), is_residual=True, patch_size=2,
+                    in_channels=12, out_channels=12)
+    cfg = WanVAEConfig(base_dim=BASE.value, decoder_base_dim=DEC.value or None, z_dim=z, num_res_blocks=1,
+                       latents_mean=(0.0,) * z, latents_std=(1.0,) * z, **form)
     graphdef, params = nnx.split(WanVAE(cfg, rngs=nnx.Rngs(SEED.value)), nnx.Param)
     tx = optax.adam(optax.cosine_decay_schedule(LR.value, STEPS.value, 0.05))
     opt = tx.init(params)
