@@ -26,10 +26,11 @@ def get_config():
     # 2.2× the step time. Why this VAE stalls near 25 dB (boxes and spheres decode as grey blobs: held-out object
     # PSNR ≈ 14 dB, `heldout/psnr_objects`): Wan's per-pixel channel RMS norm at 16 channels learns colour slowly —
     # a colour-patch probe (tools/vae_colour_probe.py) reached 17.9 dB in 600 steps with the norm, 28.2 dB without it.
-    c.model = ml_collections.ConfigDict(dict(base_dim=16, decoder_base_dim=0, z_dim=16, dim_mult=(1, 2, 4, 4),
-                                             num_res_blocks=1))
+    c.model = ml_collections.ConfigDict(dict(base_dim=16, decoder_base_dim=0, z_dim=16, dim_mult=(2, 4, 4),
+                                             num_res_blocks=1, temperal_downsample=(True, True), is_residual=True,
+                                             patch_size=2))
     c.data = ml_collections.ConfigDict(dict(
-        data_dir="", config="zoo", num_train=2048, crop_frames=17, crop_size=32, flip=True,
+        data_dir="", config="zoo", num_train=2048, crop_frames=17, crop_size=32, flip=True, colour_prob=0.5,
     ))  # fmt: skip
     c.loss = ml_collections.ConfigDict(dict(l1=1.0, mse=4.0, grad=0.5, kl=1e-5))
     c.optim = ml_collections.ConfigDict(dict(

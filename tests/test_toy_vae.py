@@ -13,7 +13,7 @@ from vggrpo_jax import training, zoo
 from vggrpo_jax.data import toyworld_tfds
 from vggrpo_jax.models.wan.vae import WanVAE, WanVAEConfig
 from vggrpo_jax.toy_vae import export, job
-from vggrpo_jax.toy_vae.data import CropSampler
+from vggrpo_jax.toy_vae.data import CropSampler, recolour
 from vggrpo_jax.toy_vae.metrics import psnr, ssim
 
 tfds.disable_progress_bar()
@@ -94,6 +94,29 @@ def test_crops_depend_on_seed_and_step_only():
         CropSampler(v, 4, 4, 8, seed=1)
     with pytest.raises(ValueError, match="crop_size"):
         CropSampler(v, 4, 5, 12, seed=1)
+
+
+def test_recolour_keeps_grey_levels_and_spreads_chroma():
+    rng = np.random.default_rng(0)
+    grey = np.broadcast_to(np.linspace(-0.5, 0.5, 8, dtype=np.float32)[None, None, None, None], (16, 3, 2, 4, 8))
+    out = recolour(np.ascontiguousarray(grey), rng)
+    assert out.shape == grey.shape and out.min() >= -1 and out.max() <= 1
+    chroma = out - out.mean(1, keepdims=True)
+    # A grey clip gets one colour cast per clip (the same on every pixel), of varying strength across clips.
+    np.testing.assert_allclose(chroma, np.broadcast_to(chroma[..., :1, :1, :1], chroma.shape), atol=1e-5)
+    strength = np.linalg.norm(chroma[:, :, 0, 0, 0], axis=1)
+    assert strength.max() > 0.2 and strength.min() < strength.max() / 2
+    # Grey levels survive (up to the clipping at ±1).
+    np.testing.assert_allclose(out.mean(1), grey.mean(1), atol=1e-5)
+    # Colours change hue: a pure red clip is no longer red-dominant in some clips.
+    red = np.zeros((16, 3, 1, 2, 2), np.float32)
+    red[:, 0] = 0.6
+    out = recolour(red, rng)
+    assert (out[:, 0, 0, 0, 0] < out[:, 1:, 0, 0, 0].max(1)).any()
+    s = CropSampler(np.zeros((2, 5, 8, 8, 3), np.uint8) + 128, 4, 5, 8, seed=0, colour_prob=1.0)
+    np.testing.assert_array_equal(s(3), s(3))
+    with pytest.raises(ValueError, match="colour_prob"):
+        CropSampler(np.zeros((2, 5, 8, 8, 3), np.uint8), 4, 5, 8, seed=0, colour_prob=1.5)
 
 
 def test_object_psnr_pools_the_object_pixels():

@@ -44,8 +44,9 @@ from vggrpo_jax.toy_vae.metrics import psnr, ssim
 
 _KEYS = {
     "seed": None,
-    "model": {"base_dim", "decoder_base_dim", "z_dim", "dim_mult", "num_res_blocks"},
-    "data": {"data_dir", "config", "num_train", "crop_frames", "crop_size", "flip"},
+    "model": {"base_dim", "decoder_base_dim", "z_dim", "dim_mult", "num_res_blocks", "temperal_downsample",
+              "is_residual", "patch_size"},
+    "data": {"data_dir", "config", "num_train", "crop_frames", "crop_size", "flip", "colour_prob"},
     "loss": {"l1", "mse", "grad", "kl"},
     "optim": None,  # checked by training.OptimConfig.from_config
     "train": {"steps", "batch_size", "log_every", "checkpoint_every", "profile_steps", "max_consecutive_skips"},
@@ -80,14 +81,27 @@ def validate(c: ConfigDict) -> None:
         raise ValueError(f"eval.stats_clips={e.stats_clips} exceeds data.num_train={c.data.num_train}")
     if min(c.loss.values()) < 0:
         raise ValueError(f"loss weights must be >= 0, got {dict(c.loss)}")
+    try:  # widths, strides and patchify checked by building the model abstractly (no parameters allocated)
+        cfg = model_config(c)
+        nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
+    except ValueError as err:
+        raise ValueError(f"configs/vae_toy.py model: {err}") from None
+    if c.data.crop_size % cfg.spatial_stride:
+        raise ValueError(f"data.crop_size={c.data.crop_size} must be a multiple of the VAE's spatial stride "
+                         f"{cfg.spatial_stride}")
 
 
 def model_config(c: ConfigDict) -> WanVAEConfig:
     m = c.model
     z = int(m.z_dim)
     dec = int(m.decoder_base_dim) if m.decoder_base_dim else None  # 0 / None: the encoder's base_dim (Wan2.1)
+    p = int(m.patch_size) if m.patch_size else None  # 0 / None: no 2×2 patchify (Wan2.1); 2: Wan2.2
+    channels = 3 * (p or 1) ** 2
     return WanVAEConfig(base_dim=int(m.base_dim), decoder_base_dim=dec, z_dim=z, dim_mult=tuple(m.dim_mult),
-                        num_res_blocks=int(m.num_res_blocks), latents_mean=(0.0,) * z, latents_std=(1.0,) * z)
+                        num_res_blocks=int(m.num_res_blocks), temperal_downsample=tuple(m.temperal_downsample),
+                        is_residual=bool(m.is_residual), patch_size=p, in_channels=channels, out_channels=channels,
+                        scale_factor_spatial=2 ** (len(m.dim_mult) - 1) * (p or 1),
+                        latents_mean=(0.0,) * z, latents_std=(1.0,) * z)
 
 
 def _spatial_grad(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -190,7 +204,7 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
     held_videos, held_seeds, held_objects = load_videos("heldout", data_dir, c.data.config, num_eval,
                                           cache=os.path.join(workdir, "data", "heldout_videos.npz"))
     sampler = CropSampler(train_videos, batch, int(c.data.crop_frames), int(c.data.crop_size), int(c.seed),
-                          bool(c.data.flip))
+                          bool(c.data.flip), float(c.data.colour_prob))
 
     cfg = model_config(c)
     vae = WanVAE(cfg, rngs=nnx.Rngs(int(c.seed)))
