@@ -32,14 +32,15 @@ FORM = flags.DEFINE_enum("form", "wan21", ["wan21", "wan22"],
                          "dim_mult (2, 4, 4), two 2× stages (the same 8× compression)")
 NORM = flags.DEFINE_enum("norm", "rms", ["rms", "identity"], "rms: Wan's; identity: the norm removed (diagnosis)")
 SEED = flags.DEFINE_integer("seed", 0, "init and data seed")
+FRAMES = flags.DEFINE_integer("frames", 1, "frames per clip (1 + 4k; the patches stay still)")
 
 
-def patches(seed: int, batch: int = 4):
-    """(batch, 3, 1, 32, 32) float32: a 4 × 4 grid of 8-px solid colour patches per frame."""
+def patches(seed: int, batch: int = 4, frames: int = 1):
+    """(batch, 3, frames, 32, 32) float32: a 4 × 4 grid of 8-px solid colour patches, the same in every frame."""
     import numpy as np  # noqa: PLC0415
 
     colours = np.random.default_rng(seed).uniform(-0.9, 0.9, (batch, 3, 1, 4, 4)).astype(np.float32)
-    return np.repeat(np.repeat(colours, 8, 3), 8, 4)
+    return np.repeat(np.repeat(np.repeat(colours, frames, 2), 8, 3), 8, 4)
 
 
 def main(argv: list[str]) -> None:
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> None:
         updates, o = tx.update(g, o, p)
         return optax.apply_updates(p, updates), o, loss
 
-    test = jnp.asarray(patches(10**6 + SEED.value, 16))
+    test = jnp.asarray(patches(10**6 + SEED.value, 16, FRAMES.value))
     evaluate = jax.jit(lambda p: 10 * jnp.log10(4.0 / jnp.mean((jnp.clip(reconstruct(p, test), -1, 1) - test) ** 2)))
     t0 = time.perf_counter()
     for s in range(STEPS.value + 1):
@@ -84,7 +85,7 @@ def main(argv: list[str]) -> None:
             print(f"step {s:5d}  held-out PSNR {float(evaluate(params)):6.2f} dB  ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
         if s < STEPS.value:
-            params, opt, _ = step(params, opt, jnp.asarray(patches(SEED.value * 10**7 + s)))
+            params, opt, _ = step(params, opt, jnp.asarray(patches(SEED.value * 10**7 + s, 4, FRAMES.value)))
 
 
 if __name__ == "__main__":
