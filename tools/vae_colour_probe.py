@@ -9,8 +9,9 @@ Trains `WanVAE` (the toy job's dim_mult (1, 2, 4, 4), one residual block per sta
 on a cosine schedule and the MSE alone, and prints held-out PSNR every 100 steps.
 
 Why it exists: the toy VAE decodes the toyworld's boxes and spheres as grey blobs (held-out object PSNR ≈ 14 dB).
-Measured with this probe (600 steps, lr 3e-4): 17.9 dB with Wan's RMS norm, 28.2 dB with `--norm=identity`, 20.1 dB at
-`--base_dim=32`.
+Measured with this probe (600 steps, lr 3e-4): Wan2.1's form 17.9 dB with Wan's RMS norm, 28.2 dB with
+`--norm=identity`, 20.1 dB at `--base_dim=32`; `--form=wan22` 26.66 dB (and 34 s against 55 s). With `--frames=17`
+(still patches, Wan2.2 form) 18.90 dB at step 300 against 23.66 dB for single frames.
 `--norm=identity` replaces every RMSNorm by the identity: a diagnosis, not the Wan architecture.
 """
 
