@@ -182,3 +182,15 @@ def test_checker_contrast_scales_the_floor_about_its_mean(clip):
         ToyworldConfig(checker_contrast=0.0)
     with pytest.raises(ValueError, match="supersample"):
         ToyworldConfig(supersample=0)
+
+
+def test_object_scale_grows_the_objects_and_defaults_keep_the_world():
+    default = render_clip(11, config=dataclasses.replace(CFG, object_scale=1.0, ring_radius=(0.5, 1.8)))
+    np.testing.assert_array_equal(default["video"], render_clip(11, config=CFG)["video"])
+    seeds = range(20, 28)
+    frac = lambda cfg: np.mean([(render_clip(s, config=cfg)["object_id"] >= 0).mean() for s in seeds])  # noqa: E731
+    assert frac(dataclasses.replace(CFG, object_scale=1.5, ring_radius=(0.9, 1.7))) > 1.5 * frac(CFG)
+    with pytest.raises(ValueError, match="object_scale"):
+        ToyworldConfig(object_scale=0.0)
+    with pytest.raises(ValueError, match="ring_radius"):
+        ToyworldConfig(ring_radius=(2.0, 1.0))

@@ -82,6 +82,10 @@ class ToyworldConfig:
     fov_deg: float = 60.0  # horizontal field of view
     ground_half_extent: float = 6.0
     checker_size: float = 0.5
+    # Multiplies every object's size (box half-extents 0.22–0.5, sphere radius 0.28–0.5 at 1); `ring_radius` is the
+    # range of the objects' distances from the scene centre (spread wider with bigger objects so they rarely meet).
+    object_scale: float = 1.0
+    ring_radius: tuple[float, float] = (0.5, 1.8)
     # Colour rendered from supersample² rays per pixel (box filter), so far-away checkers blend to their mean instead
     # of aliasing into pixel noise; depth, points and ids stay those of the pixel-centre ray.
     supersample: int = 1
@@ -110,6 +114,11 @@ class ToyworldConfig:
             raise ValueError(f"checker_contrast must be in (0, 1], got {self.checker_contrast}")
         if not 1 <= self.supersample <= 8:
             raise ValueError(f"supersample must be in [1, 8], got {self.supersample}")
+        if not 0.25 <= self.object_scale <= 3.0:
+            raise ValueError(f"object_scale must be in [0.25, 3], got {self.object_scale}")
+        if not 0 <= self.ring_radius[0] <= self.ring_radius[1] <= self.ground_half_extent:
+            raise ValueError(f"ring_radius must be (lo, hi) with 0 <= lo <= hi <= ground_half_extent, got "
+                             f"{self.ring_radius}")
         if not (self.checker_size > 0 and self.ground_half_extent > 0):
             raise ValueError(
                 f"checker_size and ground_half_extent must be positive, got {self.checker_size}, "
@@ -141,9 +150,9 @@ def _sample_scene(key: jax.Array, cfg: ToyworldConfig, traced: dict[str, jax.Arr
     color = jnp.argsort(next(u))[:n]  # a random permutation of the palette: distinct colours
     # Objects on a ring of evenly spread angles so they rarely intersect.
     ang = uni(next(u)[0], 0.0, 2 * jnp.pi) + 2 * jnp.pi * jnp.arange(n) / n + uni(next(u), -0.3, 0.3)
-    rad = uni(next(u), 0.5, 1.8) * (n > 1)
-    half = uni(next(u).reshape(n, 3), 0.22, 0.5)
-    sphere_r = uni(next(u), 0.28, 0.5)
+    rad = uni(next(u), cfg.ring_radius[0], cfg.ring_radius[1]) * (n > 1)
+    half = uni(next(u).reshape(n, 3), 0.22, 0.5) * cfg.object_scale
+    sphere_r = uni(next(u), 0.28, 0.5) * cfg.object_scale
     height = jnp.where(shape == 1, sphere_r, half[:, 2])
     center = jnp.stack([rad * jnp.cos(ang), rad * jnp.sin(ang), height], -1)
     yaw = uni(next(u), 0.0, jnp.pi)
