@@ -52,18 +52,20 @@ def main(argv: list[str]) -> None:
     import optax  # noqa: PLC0415
     from flax import nnx  # noqa: PLC0415
 
+    from ml_collections import ConfigDict  # noqa: PLC0415
+
     from vggrpo_jax.models.wan import vae_layers  # noqa: PLC0415
-    from vggrpo_jax.models.wan.vae import WanVAE, WanVAEConfig  # noqa: PLC0415
+    from vggrpo_jax.models.wan.vae import WanVAE  # noqa: PLC0415
+    from vggrpo_jax.toy_vae.job import model_config  # noqa: PLC0415  (the toy job's config → WanVAEConfig)
 
     if NORM.value == "identity":
         vae_layers.RMSNorm.__call__ = lambda self, x: x
-    z = Z.value
-    form: dict = dict(dim_mult=(1, 2, 4, 4))
+    model = dict(base_dim=BASE.value, decoder_base_dim=DEC.value, z_dim=Z.value, num_res_blocks=1)
     if FORM.value == "wan22":
-        form = dict(dim_mult=(2, 4, 4), temperal_downsample=(True, True), is_residual=True, patch_size=2,
-                    in_channels=12, out_channels=12)
-    cfg = WanVAEConfig(base_dim=BASE.value, decoder_base_dim=DEC.value or None, z_dim=z, num_res_blocks=1,
-                       latents_mean=(0.0,) * z, latents_std=(1.0,) * z, **form)
+        model.update(dim_mult=(2, 4, 4), temperal_downsample=(True, True), is_residual=True, patch_size=2)
+    else:
+        model.update(dim_mult=(1, 2, 4, 4), temperal_downsample=(False, True, True), is_residual=False, patch_size=0)
+    cfg = model_config(ConfigDict(dict(model=model)))
     graphdef, params = nnx.split(WanVAE(cfg, rngs=nnx.Rngs(SEED.value)), nnx.Param)
     tx = optax.adam(optax.cosine_decay_schedule(LR.value, STEPS.value, 0.05))
     opt = tx.init(params)

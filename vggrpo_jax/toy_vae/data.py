@@ -90,13 +90,11 @@ def recolour(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     on a few small objects (≈ 6 % of pixels) and the toy VAE learned to drop it — boxes and spheres decoded as grey
     blobs at ≈ 14 dB; with chroma everywhere in training, the decoder has to carry it.
     """
-    b = x.shape[0]
-    grey_axis = np.full(3, 1 / np.sqrt(3), np.float32)
+    k = 1 / np.sqrt(3)  # the grey axis (1, 1, 1)/√3; kx is its cross-product matrix (Rodrigues' rotation)
+    kx = np.array([[0, -k, k], [k, 0, -k], [-k, k, 0]], np.float32)
     out = np.empty_like(x)
-    for i in range(b):
+    for i in range(x.shape[0]):
         theta = rng.uniform(-np.pi, np.pi)
-        k = grey_axis  # Rodrigues' rotation about the grey axis
-        kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]], np.float32)
         rot = np.eye(3, dtype=np.float32) + np.sin(theta) * kx + (1 - np.cos(theta)) * (kx @ kx)
         cast = rng.normal(size=3).astype(np.float32)
         cast -= cast.mean()
