@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vggrpo_jax.grpo.evaluator import frame_smoothness
+from vggrpo_jax.evaluation import frame_smoothness
 
 
 def _video(offsets):

@@ -71,7 +71,8 @@ def sweep(config: Any, workdir: str, out: str, checkpoints: Sequence[str], scale
 
     from vggrpo_jax import parallel  # noqa: PLC0415
     from vggrpo_jax.config import validate  # noqa: PLC0415
-    from vggrpo_jax.grpo.evaluator import frame_smoothness, sample_records  # noqa: PLC0415
+    from vggrpo_jax.evaluation import frame_smoothness  # noqa: PLC0415
+    from vggrpo_jax.grpo.evaluator import sample_records  # noqa: PLC0415
     from vggrpo_jax.evaluation import summarize, write_report  # noqa: PLC0415
     from vggrpo_jax.guidance import guidance_spec  # noqa: PLC0415
     from vggrpo_jax.lgm.rgb_path import RGBGeometryPath  # noqa: PLC0415
@@ -147,7 +148,7 @@ def sweep(config: Any, workdir: str, out: str, checkpoints: Sequence[str], scale
                 recs = sample_records(video, latent, rgb_r, [prompts[i] for i in idx], [splits[i] for i in idx],
                                       seed, int(config.video.fps))
                 z = np.asarray(jax.device_get(z0))
-                smooth = np.asarray(frame_smoothness(jnp.asarray(video)))
+                smooth = frame_smoothness(np.asarray(video))
                 skipped = np.asarray(jax.device_get(trace.skipped)).sum(axis=0)
                 for j, r in enumerate(recs):
                     r.update(seed=idx[j], checkpoint=str(ckpt), step=step, scale=float(scale),

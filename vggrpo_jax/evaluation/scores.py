@@ -20,6 +20,25 @@ def video_scores(video: np.ndarray, fps: float, epipolar: EpipolarConfig = Epipo
     return out
 
 
+def frame_smoothness(video: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Pixel-space analogue of e_trans: video (B, 3, F, H, W) → score (B,) float64 in [0, 1], 1 for constant-rate
+    change.
+
+    d_t = f_{t+1} − f_t (flattened frames), e = mean_t ||d_t − d_{t−1}|| / (||d_t|| + ||d_{t−1}|| + eps),
+    score = 1 / (1 + e). Jerky changes (a jump, then stillness) give large e; a still video gives e = 0. On toyworld
+    clips it separates jittered from smooth cameras completely (sft/mix.py calibrates its threshold on data).
+    """
+    v = np.asarray(video)
+    if v.ndim != 5 or v.shape[2] < 3:
+        raise ValueError(f"frame_smoothness needs (B, 3, F ≥ 3, H, W), got {v.shape}")
+    x = np.moveaxis(v.astype(np.float64), 2, 1).reshape(v.shape[0], v.shape[2], -1)
+    d = x[:, 1:] - x[:, :-1]
+    a = d[:, 1:] - d[:, :-1]
+    speed = np.linalg.norm(d, axis=-1)
+    e = np.mean(np.linalg.norm(a, axis=-1) / (speed[:, 1:] + speed[:, :-1] + eps), axis=-1)
+    return 1.0 / (1.0 + e)
+
+
 def make_records(prompts: Sequence[str], seeds: Sequence[int], splits: Sequence[str],
                  scores: Mapping[str, np.ndarray]) -> list[dict]:
     """One record per sample: {"prompt", "seed", "split", metric: float…}; every score must have one value each."""
@@ -33,4 +52,4 @@ def make_records(prompts: Sequence[str], seeds: Sequence[int], splits: Sequence[
              **{k: float(np.asarray(v)[i]) for k, v in scores.items()}} for i in range(n)]
 
 
-__all__ = ["make_records", "video_scores"]
+__all__ = ["frame_smoothness", "make_records", "video_scores"]

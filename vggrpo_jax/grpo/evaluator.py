@@ -23,26 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vggrpo_jax.evaluation import make_records, video_scores
+from vggrpo_jax.evaluation import frame_smoothness, make_records, video_scores
 from vggrpo_jax.grpo.trainer import GRPOTrainer
 from vggrpo_jax.parallel import mesh_context, place_state, replicate, shard_batch, to_host
 from vggrpo_jax.rewards import finite_stats, geometry_rewards
-
-
-def frame_smoothness(video: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """Pixel-space analogue of e_trans: video (B, 3, F, H, W) → score (B,) in [0, 1], 1 for constant-rate change.
-
-    d_t = f_{t+1} − f_t (flattened frames), e = mean_t ||d_t − d_{t−1}|| / (||d_t|| + ||d_{t−1}|| + eps),
-    score = 1 / (1 + e). Jerky changes (a jump, then stillness) give large e; a still video gives e = 0.
-    """
-    if video.ndim != 5 or video.shape[2] < 3:
-        raise ValueError(f"frame_smoothness needs (B, 3, F ≥ 3, H, W), got {video.shape}")
-    x = jnp.moveaxis(video.astype(jnp.float32), 2, 1).reshape(video.shape[0], video.shape[2], -1)
-    d = x[:, 1:] - x[:, :-1]
-    a = d[:, 1:] - d[:, :-1]
-    speed = jnp.linalg.norm(d, axis=-1)
-    e = jnp.mean(jnp.linalg.norm(a, axis=-1) / (speed[:, 1:] + speed[:, :-1] + eps), axis=-1)
-    return 1.0 / (1.0 + e)
 
 
 def sample_records(video: np.ndarray, latent: dict, rgb: dict | None, prompts: Sequence[str], splits: Sequence[str],
@@ -100,7 +84,7 @@ class Evaluator:
         latent = self.trainer.latent_rewards(z0)
         with mesh_context(self.mesh):
             video = to_host(self._decode(self._vae_state, z0))  # every host: the gather is collective
-        metrics = {"eval/frame_smoothness": float(np.mean(np.asarray(frame_smoothness(jnp.asarray(video)))))}
+        metrics = {"eval/frame_smoothness": float(np.mean(frame_smoothness(video)))}
         metrics.update(_summary("eval/latent", latent))
         rgb = None
         if self.rgb_rewards:
