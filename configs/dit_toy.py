@@ -43,4 +43,5 @@ def get_config():
     c.train.checkpoint_every = 500
     c.train.eval_every = 1000
     c.train.eval_clips = 64
+    c.mix.samples = 64  # the base model's mix of smooth and jittered samples (sft/mix.py), in the manifest
     return c

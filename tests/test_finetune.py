@@ -171,6 +171,10 @@ def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="lora.rank"):
         validate(c)
     c = _config(2)
+    c.mix.samples = 8  # no trained VAE to decode the samples with
+    with pytest.raises(ValueError, match="mix.samples"):
+        validate(c)
+    c = _config(2)
     c.data.num_frames = 10
     with pytest.raises(ValueError, match="data.num_frames"):
         validate(c)

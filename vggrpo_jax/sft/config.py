@@ -35,6 +35,9 @@ def sft_base_config() -> ConfigDict:
     c.train = ConfigDict(dict(num_steps=1000, batch_size=8, log_every=10, checkpoint_every=100, keep_checkpoints=3,
                               eval_every=100, eval_clips=16, eval_repeats=2, profile_steps=0,
                               max_consecutive_skips=10))  # stop with an error after this many skipped updates in a row
+    # After training (toyworld data, full mode): does the model reproduce the data's mix of smooth and jittered
+    # cameras? ODE samples of `samples` held-out captions against `data_clips` training clips (sft/mix.py); 0 = off.
+    c.mix = ConfigDict(dict(samples=0, data_clips=64, num_steps=20, cfg_scale=5.0, seed=0))
     # Where a fully trained DiT is written ("" = <workdir>/export), and the toy text encoder it reads
     # ("" = <workdir>/export_text; only when the encoder is the toy one built by the job).
     c.export = ConfigDict(dict(dir="", text_dir=""))

@@ -73,6 +73,18 @@ def validate(c: Any) -> None:
         _fail("dit.checkpoint", c.dit.checkpoint, "full fine-tuning needs base weights (or allow_random_init=True "
               "to pretrain from scratch, toy runs)")
     FlowMatchingConfig(**dict(c.finetune.flow))
+    mix = c.get("mix", {})
+    if int(mix.get("samples", 0)) < 0 or int(mix.get("samples", 0)) and int(mix.get("data_clips", 0)) < 2:
+        _fail("mix.samples", mix.get("samples"), "must be ≥ 0, with mix.data_clips ≥ 2 (both jitter classes)")
+    if int(mix.get("samples", 0)) and (c.data.source != "toyworld" or c.finetune.mode != "full"):
+        _fail("mix.samples", mix.get("samples"), "the mix report needs toyworld data and finetune.mode 'full' "
+              "(jitter labels and a whole DiT); set it to 0")
+    if int(mix.get("samples", 0)) and not c.vae.checkpoint:
+        _fail("mix.samples", mix.get("samples"), "the mix report decodes samples with the trained VAE: set "
+              "vae.checkpoint, or set mix.samples to 0")
+    if int(mix.get("samples", 0)) and c.text.cache_dir and c.text.checkpoint:
+        _fail("mix.samples", mix.get("samples"), "the mix report encodes held-out captions with the toy encoder; "
+              "with a text-embedding cache set it to 0")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -156,6 +168,24 @@ def _model(c: Any, mesh: Any, text_dim: int, channels: int) -> tuple[Any, nnx.St
         seed = int(c.seed) + 3
         params = jax.jit(lambda: nnx.state(WanTransformer(wcfg, nnx.Rngs(seed)), nnx.Param), out_shardings=shard)()
     return graphdef, params, frozen, wcfg
+
+
+def _mix(c: Any, workdir: str, graphdef: Any, params: Any, frozen: Any, text_encoder: Any) -> dict:
+    """The base model's mix of smooth and jittered samples (sft/mix.py): written to DIR/mix/, summarized here."""
+    from vggrpo_jax.sft.mix import mix_report, write_report  # noqa: PLC0415
+
+    dit = nnx.merge(graphdef, jax.device_get(params), jax.device_get(frozen))
+    m = c.mix
+    report, samples = mix_report(dit, text_encoder, _vae(c), num_samples=int(m.samples),
+                                 num_data=int(m.data_clips), seed=int(m.seed), num_steps=int(m.num_steps),
+                                 shift=float(c.finetune.flow.shift), cfg_scale=float(m.cfg_scale),
+                                 data_config=c.data.data_config)
+    write_report(os.path.join(workdir, "mix"), report, samples)
+    logging.info("mix: jittery fraction %.3f of %d samples against %.3f of the data (threshold %.4f, accuracy %.3f "
+                 "on VAE reconstructions)", report["sets"]["samples"]["jittery_fraction"], int(m.samples),
+                 report["data_jittered_fraction"], report["threshold"], report["threshold_accuracy"]["recon"])
+    return {k: report[k] for k in ("threshold", "threshold_accuracy", "data_jittered_fraction", "sets", "sampling",
+                                   "latents")}
 
 
 # ------------------------------------------------------------------------------------------------ job
@@ -248,6 +278,8 @@ def run(c: Any, workdir: str) -> dict:
     writer.write(total, {"final/heldout_fm_loss": final["heldout/fm_loss"]})
     writer.close()
     summary = {"heldout_fm_loss": final["heldout/fm_loss"], "steps": total, "trainable_parameters": n_train}
+    if int(c.get("mix", {}).get("samples", 0)):
+        summary["mix"] = _mix(c, workdir, graphdef, state["params"], frozen, text_encoder)
     with open(os.path.join(workdir, "heldout.json"), "w") as f:
         json.dump(summary, f, indent=1)
     logging.info("held-out flow-matching loss after %d steps: %.5f", total, final["heldout/fm_loss"])
