@@ -56,6 +56,13 @@ def test_manifest_records_loss_and_mix():
     assert mix["sets"]["samples"]["n"] >= 64 and mix["threshold_accuracy"]["recon"] >= 0.9
 
 
+@pytest.mark.xfail(strict=True, reason="shipped DiT (1.26 M parameters, 4000 steps): 64 of 64 ODE samples score as "
+                   "jittery against 27 of 64 data clips — it does not reproduce the data's mix yet")
+def test_base_model_reproduces_the_data_mix():
+    mix = zoo.manifest("dit")["heldout"]["mix"]
+    assert abs(mix["sets"]["samples"]["jittery_fraction"] - mix["data_jittered_fraction"]) <= 0.15
+
+
 def test_shipped_dit_beats_random_weights(heldout):
     z, emb = heldout
     dit = zoo.load("dit")
