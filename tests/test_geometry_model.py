@@ -136,3 +136,25 @@ def test_export_round_trip_and_sha_check(tmp_path):
         f.write(bytes([b[0] ^ 1]))
     with pytest.raises(ValueError, match="sha256"):
         load_model(d)
+
+
+def test_sincos_position_init_tells_patches_apart():
+    """init.pos="sincos" puts a distinct, bounded position vector on every patch of the encoder's table (the CLS
+    row stays 0); the default draw is DINOv2's N(0, 0.02²); an unknown option is refused by name."""
+    from vggrpo_jax.errors import ConfigError
+    from vggrpo_jax.geometry_model.job import init_model, sincos_positions
+    from vggrpo_jax.models.any4d import Any4DConfig
+
+    table = sincos_positions(3, 8)
+    assert table.shape == (9, 8) and np.abs(table).max() <= 1.0
+    gaps = np.linalg.norm(table[:, None] - table[None], axis=-1) + np.eye(9)
+    assert gaps.min() > 0.1
+    cfg = Any4DConfig(encoder_dim=24, encoder_depth=1, encoder_heads=2, pos_grid=3, trunk_dim=16, trunk_depth=2,
+                      trunk_heads=2, tap_layers=(0, 1), dpt_feature_dim=8, dpt_layer_dims=(4, 8, 8, 8),
+                      pose_head_dim=8, scale_hidden_dim=8)
+    pe = np.asarray(init_model(cfg, 0, pos_init="sincos", pos_scale=0.5).encoder.model.pos_embed[...])[0]
+    np.testing.assert_allclose(pe[1:], 0.5 * sincos_positions(3, 24), atol=1e-7)
+    assert not pe[0].any()
+    assert np.asarray(init_model(cfg, 0).encoder.model.pos_embed[...]).std() < 0.05
+    with pytest.raises(ConfigError, match="init.pos"):
+        init_model(cfg, 0, pos_init="learned")

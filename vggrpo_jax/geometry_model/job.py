@@ -52,9 +52,29 @@ def augment(images: jax.Array, key: jax.Array, blur: float, noise: float) -> jax
     return jnp.clip(out, 0.0, 1.0)
 
 
-def init_model(config: Any, seed: int) -> nnx.Module:
+def sincos_positions(grid: int, dim: int) -> np.ndarray:
+    """(grid², dim) 2-D sine–cosine position table (MAE's form): half the channels encode the row, half the column,
+    each as sin/cos at geometric frequencies 1 … 1/10000; values in [−1, 1]."""
+    if dim % 4:
+        raise ValueError(f"sincos position table: dim {dim} must be divisible by 4")
+    freqs = 1.0 / 10000 ** (np.arange(dim // 4) / (dim // 4))
+    rows, cols = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
+
+    def enc(pos: np.ndarray) -> np.ndarray:
+        a = pos.reshape(-1, 1) * freqs[None]
+        return np.concatenate([np.sin(a), np.cos(a)], 1)
+
+    return np.concatenate([enc(rows), enc(cols)], 1).astype(np.float32)
+
+
+def init_model(config: Any, seed: int, pos_init: str = "normal", pos_scale: float = 0.5) -> nnx.Module:
     """A fresh geometry model: `random_any4d` (host-side init, forward-looking rays), with the pose and scale heads'
     MLPs re-drawn with He init and the rotation output biased to the identity quaternion.
+
+    pos_init: "normal" keeps the encoder's learned position table at DINOv2's N(0, 0.02²) draw; "sincos" starts it
+    from `pos_scale` × a 2-D sine–cosine table (the CLS row stays 0). Why an option: from scratch, with 0.02-sized
+    positions next to patch embeddings of ~0.3, the trunk — which has no position encoding of its own — starts
+    blind to where a patch sits, and relative camera pose is a question about where things moved.
 
     Why: `random_init` draws every linear kernel from N(0, 0.02²) (the ViT init, meant for residual transformer
     layers behind LayerNorms). Through the pose head's plain Linear–ReLU stack that shrinks the signal by ~0.2 per
@@ -70,7 +90,22 @@ def init_model(config: Any, seed: int) -> nnx.Module:
         gain = 2.0 if any(layer is h for h in hidden) else 0.1  # ReLU layers: He; outputs: small
         k[...] = jnp.asarray(rng.standard_normal(k.shape) * np.sqrt(gain / k.shape[0]), k[...].dtype)
     ph.fc_rot.bias[...] = jnp.asarray([0.0, 0.0, 0.0, 1.0], ph.fc_rot.bias[...].dtype)
+    if pos_init == "sincos":
+        pe = model.encoder.model.pos_embed
+        table = np.zeros(pe.shape[1:], np.float32)
+        table[1:] = pos_scale * sincos_positions(config.pos_grid, pe.shape[-1])
+        pe[...] = jnp.asarray(table[None], pe[...].dtype)
+    elif pos_init != "normal":
+        raise ConfigError(f"init.pos={pos_init!r}: expected 'normal' or 'sincos'")
     return model
+
+
+def init_options(c: Any) -> dict:
+    """init_model's keyword arguments from config.init (absent in older configs: DINOv2's draw)."""
+    init = c.get("init", None)
+    if init is None:
+        return {}
+    return dict(pos_init=str(init.get("pos", "normal")), pos_scale=float(init.get("pos_scale", 0.5)))
 
 
 def reward_kwargs(c: Any) -> dict:
@@ -106,7 +141,7 @@ def run(c: Any, workdir: str) -> dict:
     logging.info("geometry data: %d train clips, %d held-out clips at %s", len(train_cache), len(heldout_cache),
                  train_cache.video.shape[2:4])
 
-    model = init_model(model_cfg, int(c.seed))
+    model = init_model(model_cfg, int(c.seed), **init_options(c))
     graphdef, params = nnx.split(model)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     logging.info("geometry model: %.2f M parameters", n_params / 1e6)
@@ -191,4 +226,4 @@ def run(c: Any, workdir: str) -> dict:
     return report
 
 
-__all__ = ["augment", "init_model", "run"]
+__all__ = ["augment", "init_model", "init_options", "run", "sincos_positions"]
