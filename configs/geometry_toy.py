@@ -30,6 +30,9 @@ def get_config():
         points=1.0, depth=1.0, rays=1.0, trans=5.0, rot=10.0, scale=0.1, flow=1.0, mask=0.1, conf_alpha=0.2,
     ))  # pose ×5/×10: at 1/1 the pose head stayed at the identity for 750 steps (rotation error 10.7°, the identity's
     # 11.0°); overfitting 8 clips for 150 steps reaches 3.4° at 1/1 and 0.6° at 10/5
+    # The encoder's position table at the start: "normal" = DINOv2's N(0, 0.02²) draw, "sincos" = pos_scale × a 2-D
+    # sine–cosine table (geometry_model.job.init_model).
+    c.init = ml_collections.ConfigDict(dict(pos="normal", pos_scale=0.5))
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=1e-3, schedule="cosine", warmup_steps=100, end_lr_fraction=0.05, weight_decay=1e-4,
         grad_clip=1.0,

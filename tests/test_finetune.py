@@ -130,6 +130,8 @@ def test_export_ships_the_dit_and_its_toy_text_encoder(tmp_path):
     _write_latents(c, workdir)
     out = run(c, workdir)
     dit = load_dit(os.path.join(workdir, "export"))
+    with open(os.path.join(workdir, "export", "manifest.json")) as f:  # which VAE's latents it learned
+        assert json.load(f)["data"]["vae"] == {k: str(v) for k, v in dict(c.vae).items()}
     shipped = jax.tree.leaves(nnx.state(dit, nnx.Param))
     trained = jax.tree.leaves(jax.device_get(out["state"]["params"]))
     assert len(shipped) == len(trained)

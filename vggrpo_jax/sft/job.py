@@ -288,7 +288,9 @@ def run(c: Any, workdir: str) -> dict:
         save_dit(export.get("dir", "") or os.path.join(workdir, "export"), jax.device_get(state["params"]), wcfg, {
             "config": json.loads(c.to_json_best_effort()), "steps": total, "heldout": summary,
             "data": {"source": c.data.source, "train": train_set.ids[:1] + train_set.ids[-1:],
-                     "num_train": len(train_set), "num_heldout": len(held_set)}})
+                     "num_train": len(train_set), "num_heldout": len(held_set),
+                     # the latents it was trained on: which VAE, and (for a zoo VAE) the sha256 of its weights
+                     "vae": latent_identity(c, "train", len(train_set))["vae"]}})
         if text_encoder is not None and not c.text.checkpoint:  # the toy encoder: ship it with its DiT
             from vggrpo_jax.data.toy_text import save_text  # noqa: PLC0415
 
