@@ -30,7 +30,8 @@ def get_config():
         points=1.0, depth=1.0, rays=1.0, trans=5.0, rot=10.0, scale=0.1, flow=1.0, mask=0.1, conf_alpha=0.2,
     ))  # pose ×5/×10: at 1/1 the pose head stayed at the identity for 750 steps (rotation error 10.7°, the identity's
     # 11.0°); overfitting 8 clips for 150 steps reaches 3.4° at 1/1 and 0.6° at 10/5. Pose-only probe, 3000 steps
-    # (held-out rotation error): rot 10 → 8.3°, rot 50 → 7.7°, rot 200 → 7.6° (a full run at rot 50 is still to do)
+    # (held-out rotation error): rot 10 → 8.3°, rot 50 → 7.7°, rot 200 → 7.6°; at rot 50 with batch 32 → 6.40°, 4.21° on
+    # training clips (batch 8 stalls with train ≈ held-out). A full run with these is still to do.
     # The encoder's position table at the start: "normal" = DINOv2's N(0, 0.02²) draw, "sincos" = pos_scale × a 2-D
     # sine–cosine table (geometry_model.job.init_model). Pose-only probe at rot 50: 7.71° against 7.72° — no gain.
     c.init = ml_collections.ConfigDict(dict(pos="normal", pos_scale=0.5))
