@@ -50,8 +50,9 @@ def main(config, workdir: str) -> None:
     if steps < 1 or every < 1:
         raise ValueError(f"--steps={steps} and --eval_every={every} must be ≥ 1")
     os.makedirs(OUT.value, exist_ok=True)
+    init_kw = job.init_options(c)  # a bad init.pos fails before the caches are built
     train, held = job._caches(c, workdir)  # noqa: SLF001  (the job's own caches, built once under WORKDIR/data)
-    model = job.init_model(any4d_config_from(c.model), int(c.seed), **job.init_options(c))
+    model = job.init_model(any4d_config_from(c.model), int(c.seed), **init_kw)
     graphdef, params = nnx.split(model)
     tx = training.make_optimizer(training.OptimConfig.from_config(c.optim, where="optim"), total_steps=steps)
     opt = tx.init(params)

@@ -67,20 +67,25 @@ def sincos_positions(grid: int, dim: int) -> np.ndarray:
     return np.concatenate([enc(rows), enc(cols)], 1).astype(np.float32)
 
 
+POS_INITS = ("normal", "sincos")  # init_model's choices for the encoder's position table
+
+
 def init_model(config: Any, seed: int, pos_init: str = "normal", pos_scale: float = 0.5) -> nnx.Module:
     """A fresh geometry model: `random_any4d` (host-side init, forward-looking rays), with the pose and scale heads'
     MLPs re-drawn with He init and the rotation output biased to the identity quaternion.
-
-    pos_init: "normal" keeps the encoder's learned position table at DINOv2's N(0, 0.02²) draw; "sincos" starts it
-    from `pos_scale` × a 2-D sine–cosine table (the CLS row stays 0). Why an option: from scratch, with 0.02-sized
-    positions next to patch embeddings of ~0.3, the trunk — which has no position encoding of its own — starts
-    blind to where a patch sits, and relative camera pose is a question about where things moved.
 
     Why: `random_init` draws every linear kernel from N(0, 0.02²) (the ViT init, meant for residual transformer
     layers behind LayerNorms). Through the pose head's plain Linear–ReLU stack that shrinks the signal by ~0.2 per
     layer, its output is its bias, and the quaternion normalisation of a ~0 vector has huge, noisy gradients: the head
     collapses to one constant pose for every view (measured: identity for all clips after 500 steps, rotation error
-    stuck at 10.8°). He init keeps the signal, and q = (0, 0, 0, 1) + small makes the normalisation well posed."""
+    stuck at 10.8°). He init keeps the signal, and q = (0, 0, 0, 1) + small makes the normalisation well posed.
+
+    pos_init: "normal" keeps the encoder's learned position table at DINOv2's N(0, 0.02²) draw; "sincos" starts it
+    from `pos_scale` × a 2-D sine–cosine table (the CLS row stays 0). Why an option: from scratch, with 0.02-sized
+    positions next to patch embeddings of ~0.3, the trunk — which has no position encoding of its own — starts
+    blind to where a patch sits, and relative camera pose is a question about where things moved."""
+    if pos_init not in POS_INITS:
+        raise ConfigError(f"init.pos={pos_init!r}: expected 'normal' or 'sincos'")
     model = random_any4d(config, seed)
     rng = np.random.default_rng([seed, 0x905E])
     ph, sh = model.pose_head, model.scale_head
@@ -95,17 +100,17 @@ def init_model(config: Any, seed: int, pos_init: str = "normal", pos_scale: floa
         table = np.zeros(pe.shape[1:], np.float32)
         table[1:] = pos_scale * sincos_positions(config.pos_grid, pe.shape[-1])
         pe[...] = jnp.asarray(table[None], pe[...].dtype)
-    elif pos_init != "normal":
-        raise ConfigError(f"init.pos={pos_init!r}: expected 'normal' or 'sincos'")
     return model
 
 
 def init_options(c: Any) -> dict:
-    """init_model's keyword arguments from config.init (absent in older configs: DINOv2's draw)."""
+    """init_model's keyword arguments from config.init (a config without that section gets init_model's defaults)."""
     init = c.get("init", None)
     if init is None:
         return {}
-    return dict(pos_init=str(init.get("pos", "normal")), pos_scale=float(init.get("pos_scale", 0.5)))
+    if str(init.pos) not in POS_INITS:  # checked here too so that a bad key fails before the data is built
+        raise ConfigError(f"init.pos={init.pos!r}: expected one of {POS_INITS}")
+    return dict(pos_init=str(init.pos), pos_scale=float(init.pos_scale))
 
 
 def reward_kwargs(c: Any) -> dict:
@@ -133,6 +138,7 @@ def run(c: Any, workdir: str) -> dict:
         raise ConfigError(f"train.max_consecutive_skips={c.train.max_consecutive_skips}: must be ≥ 0 (0: never stop)")
     os.makedirs(workdir, exist_ok=True)
     model_cfg = any4d_config_from(c.model)
+    init_kw = init_options(c)
     weights = LossWeights(**dict(c.loss))
     total = int(c.train.num_steps)
     bsz, nviews = int(c.train.batch_size), int(c.data.num_views)
@@ -141,7 +147,7 @@ def run(c: Any, workdir: str) -> dict:
     logging.info("geometry data: %d train clips, %d held-out clips at %s", len(train_cache), len(heldout_cache),
                  train_cache.video.shape[2:4])
 
-    model = init_model(model_cfg, int(c.seed), **init_options(c))
+    model = init_model(model_cfg, int(c.seed), **init_kw)
     graphdef, params = nnx.split(model)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     logging.info("geometry model: %.2f M parameters", n_params / 1e6)
