@@ -50,7 +50,8 @@ def main(config, workdir: str) -> None:
     if steps < 1 or every < 1:
         raise ValueError(f"--steps={steps} and --eval_every={every} must be ≥ 1")
     os.makedirs(OUT.value, exist_ok=True)
-    init_kw = job.init_options(c)  # a bad init.pos fails before the caches are built
+    init_kw = job.init_options(c)  # a bad init.pos or data.mirror_prob fails before the caches are built
+    mirror_prob = job.mirror_probability(c)
     train, held = job._caches(c, workdir)  # noqa: SLF001  (the job's own caches, built once under WORKDIR/data)
     model = job.init_model(any4d_config_from(c.model), int(c.seed), **init_kw)
     graphdef, params = nnx.split(model)
@@ -73,8 +74,8 @@ def main(config, workdir: str) -> None:
 
     @jax.jit
     def step_fn(p, o, batch, i):
-        tgt = make_targets(**batch)
-        images = job.augment(tgt.images, jax.random.fold_in(jax.random.key(seed), i), blur, noise)
+        images, tgt = job.training_example(batch, jax.random.fold_in(jax.random.key(seed), i), blur, noise,
+                                           mirror_prob)
         (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(p, images, tgt)
         p, o, _ = training.guarded_update(tx, g, o, p, loss)
         return p, o, loss, aux

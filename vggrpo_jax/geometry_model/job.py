@@ -30,8 +30,8 @@ from vggrpo_jax.errors import ConfigError
 from vggrpo_jax.geometry_model.data import GeometryCache, cached, sample_views
 from vggrpo_jax.geometry_model.evaluate import bars_met, evaluate, format_report
 from vggrpo_jax.geometry_model.export import any4d_config_from, save_model
-from vggrpo_jax.geometry_model.losses import LossWeights, geometry_loss
-from vggrpo_jax.geometry_model.targets import make_targets
+from vggrpo_jax.geometry_model.losses import LossWeights, geometry_loss, split_geometry_loss
+from vggrpo_jax.geometry_model.targets import GeometryTargets, make_targets, mirror
 from vggrpo_jax.lgm.host_init import random_any4d
 
 
@@ -50,6 +50,18 @@ def augment(images: jax.Array, key: jax.Array, blur: float, noise: float) -> jax
     sigma = noise * jax.random.uniform(ks, lead)
     out = (1 - a) * images + a * blurred + sigma * jax.random.normal(kn, images.shape)
     return jnp.clip(out, 0.0, 1.0)
+
+
+def training_example(batch: dict, key: jax.Array, blur: float, noise: float, mirror_prob: float
+                     ) -> tuple[jax.Array, GeometryTargets]:
+    """A `sample_views` batch → (augmented images (B, N, 3, H, W) in [0, 1], targets): each clip mirrored left–right
+    with probability `mirror_prob` (targets.mirror: exact ground truth, a new camera path), then the frames
+    blurred and noised (`augment`, the image only). Jittable; the randomness is `key`'s alone."""
+    tgt = make_targets(**batch)
+    km, ka = jax.random.split(key)
+    if mirror_prob > 0:
+        tgt = mirror(tgt, jax.random.bernoulli(km, mirror_prob, tgt.images.shape[:1]))
+    return augment(tgt.images, ka, blur, noise), tgt
 
 
 def sincos_positions(grid: int, dim: int) -> np.ndarray:
@@ -113,6 +125,40 @@ def init_options(c: Any) -> dict:
     return dict(pos_init=str(init.pos), pos_scale=float(init.pos_scale))
 
 
+def mirror_probability(c: Any) -> float:
+    """config.data.mirror_prob (0 when the key is absent: configs written before it), checked to lie in [0, 1]."""
+    p = float(c.data.get("mirror_prob", 0.0))
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"data.mirror_prob={p}: expected a probability in [0, 1]")
+    return p
+
+
+def dense_batch_size(c: Any) -> int:
+    """config.train.dense_batch_size: how many of each batch's clips go through the dense (DPT) heads; the rest
+    train the pose and scale heads only. 0 or absent = all of them."""
+    b = int(c.train.batch_size)
+    k = int(c.train.get("dense_batch_size", 0)) or b
+    if not 0 < k <= b:
+        raise ConfigError(f"train.dense_batch_size={k}: expected 1 … train.batch_size ({b}), or 0 for all")
+    return k
+
+
+def model_loss(model: nnx.Module, images: jax.Array, tgt: GeometryTargets, weights: LossWeights, dense: int
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The training loss of `model` (Any4D) on images (B, N, 3, H, W): `geometry_loss` on every clip when
+    dense ≥ B; otherwise the encoder and trunk run on all B clips, the DPT heads on the first `dense` only, and the
+    pose terms cover all B (`split_geometry_loss`). Why: the DPT heads at full resolution are most of a step, while
+    camera pose needs many clips per step (a pose-only probe stalled at batch 8 and kept learning at batch 32)."""
+    b, n = images.shape[:2]
+    if dense >= b:
+        return geometry_loss(model(images), tgt, weights)
+    emb = model.embed(images)
+    tokens, taps = model.run_blocks(emb.tokens, 0, model.config.trunk_depth, n)
+    head = model.heads(emb.hook0[:dense], {k: v[:dense] for k, v in taps.items()}, tokens[:dense], n, emb.grid,
+                       images.shape[-2:])
+    return split_geometry_loss(head, model.cameras(tokens[dense:], n, emb.grid), tgt, weights)
+
+
 def reward_kwargs(c: Any) -> dict:
     return dict(c.eval.reward)
 
@@ -138,7 +184,9 @@ def run(c: Any, workdir: str) -> dict:
         raise ConfigError(f"train.max_consecutive_skips={c.train.max_consecutive_skips}: must be ≥ 0 (0: never stop)")
     os.makedirs(workdir, exist_ok=True)
     model_cfg = any4d_config_from(c.model)
-    init_kw = init_options(c)
+    init_kw = init_options(c)  # these three fail on a bad value before the data is built
+    mirror_prob = mirror_probability(c)
+    dense_bsz = dense_batch_size(c)
     weights = LossWeights(**dict(c.loss))
     total = int(c.train.num_steps)
     bsz, nviews = int(c.train.batch_size), int(c.data.num_views)
@@ -161,11 +209,10 @@ def run(c: Any, workdir: str) -> dict:
     seed, blur, noise = int(c.seed), float(c.data.augment_blur), float(c.data.augment_noise)
 
     def train_step(state, batch, step):
-        tgt = make_targets(**batch)
-        images = augment(tgt.images, jax.random.fold_in(jax.random.key(seed), step), blur, noise)
+        images, tgt = training_example(batch, jax.random.fold_in(jax.random.key(seed), step), blur, noise, mirror_prob)
 
         def loss_fn(p):
-            return geometry_loss(nnx.merge(graphdef, p)(images), tgt, weights)
+            return model_loss(nnx.merge(graphdef, p), images, tgt, weights, dense_bsz)
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         params, opt, skipped = training.guarded_update(tx, grads, state["opt"], state["params"], loss)
@@ -232,4 +279,5 @@ def run(c: Any, workdir: str) -> dict:
     return report
 
 
-__all__ = ["augment", "init_model", "init_options", "run", "sincos_positions"]
+__all__ = ["augment", "dense_batch_size", "init_model", "init_options", "mirror_probability", "model_loss", "run",
+           "sincos_positions", "training_example"]

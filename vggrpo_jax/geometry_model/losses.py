@@ -101,4 +101,43 @@ def geometry_loss(out, tgt: GeometryTargets, weights: LossWeights = LossWeights(
     return loss, terms
 
 
-__all__ = ["LossWeights", "geometry_loss"]
+def pose_terms(quats: jax.Array, cam_trans: jax.Array, metric_scale: jax.Array, tgt: GeometryTargets
+               ) -> tuple[jax.Array, jax.Array]:
+    """The rot and trans terms of `geometry_loss` from the pose and scale heads alone (`Any4D.cameras`), for clips
+    whose dense maps were not computed. quats (B, N, 4) unit xyzw; cam_trans (B, N, 3) metric; metric_scale (B,).
+
+    Without predicted points there is no ẑ, so the translation is normalised through the scale head instead:
+    t̂/s · sg(s) / z (the network's translation, metric by the held scale, over the true scene size) against t/z.
+    At the joint optimum (s·ẑ = z) this equals `geometry_loss`'s t̂/(s·ẑ); the stop-gradient keeps the scale
+    head's error out of the pose head's target and the pose out of the scale."""
+    b = quats.shape[0]
+    valid = tgt.valid.astype(jnp.float32)
+    gt_norm = jnp.sum(_norm(tgt.points) * valid, (1, 2, 3)) / jnp.maximum(jnp.sum(valid, (1, 2, 3)), 1.0)
+    s = metric_scale.reshape(b, 1, 1)
+    t_pred = cam_trans / s * jax.lax.stop_gradient(s) / gt_norm.reshape(b, 1, 1)
+    l_trans = jnp.mean(_norm(t_pred - tgt.c2w[..., :3, 3] / gt_norm.reshape(b, 1, 1)))
+    q_gt = rotation_to_quaternion(tgt.c2w[..., :3, :3])
+    l_rot = jnp.mean(jnp.minimum(_norm(quats - q_gt), _norm(quats + q_gt)))
+    return l_rot, l_trans
+
+
+def split_geometry_loss(dense_out, cameras: tuple[jax.Array, jax.Array, jax.Array], tgt: GeometryTargets,
+                        weights: LossWeights = LossWeights()) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`geometry_loss` when only the first K of B clips went through the dense heads: every term on those K
+    (dense_out, an Any4DOutput for K clips), and the pose terms on the other B − K from `cameras` =
+    `Any4D.cameras` of those clips (`pose_terms`). The pose terms are means over all B clips, each clip counted
+    once; tgt covers all B clips, the dense ones first."""
+    b = tgt.images.shape[0]
+    k = dense_out.metric_scale.shape[0]
+    if not 0 < k < b or cameras[0].shape[0] != b - k:
+        raise ValueError(f"split_geometry_loss: {k} dense clips and {cameras[0].shape[0]} pose-only clips do not "
+                         f"split the batch of {b}")
+    head = jax.tree.map(lambda x: x[:k], tgt)
+    tail = jax.tree.map(lambda x: x[k:], tgt)
+    _, terms = geometry_loss(dense_out, head, weights)
+    rot, trans = pose_terms(*cameras, tail)
+    terms = dict(terms, rot=(k * terms["rot"] + (b - k) * rot) / b, trans=(k * terms["trans"] + (b - k) * trans) / b)
+    return sum(getattr(weights, name) * v for name, v in terms.items()), terms
+
+
+__all__ = ["LossWeights", "geometry_loss", "pose_terms", "split_geometry_loss"]

@@ -86,4 +86,40 @@ def make_targets(video: jax.Array, depth_z: jax.Array, velocity0: jax.Array, c2w
     )
 
 
-__all__ = ["GeometryTargets", "make_targets"]
+def mirror(tgt: GeometryTargets, flip: jax.Array) -> GeometryTargets:
+    """Mirror left–right the examples where `flip` (B,) bool is set: the same scene seen in a mirror, a new clip with
+    exact ground truth (an augmentation that multiplies the distinct camera paths the model sees).
+
+    Mirroring the image (u → W − 1 − u) is the reflection S = diag(−1, 1, 1) of camera space; applied to every
+    frame and to view 0's frame alike it maps each vector field v to S·v (rays, points, flow), each rotation R to
+    S·R·S (still a rotation: det(S)² = 1) and each translation t to S·t, and leaves depths unchanged. The principal
+    point moves to W − c_x (toyworld's is centred, so K is unchanged there)."""
+    b = tgt.images.shape[0]
+    if flip.shape != (b,):
+        raise ValueError(f"mirror: flip must be ({b},), got {tuple(flip.shape)}")
+    s = jnp.asarray([-1.0, 1.0, 1.0], jnp.float32)
+    w = tgt.images.shape[-1]
+
+    def pick(new, old):
+        return jnp.where(flip.reshape((b,) + (1,) * (old.ndim - 1)), new, old)
+
+    def maps(x, axis):  # a scalar map (B, …, W at `axis`, …)
+        return pick(jnp.flip(x, axis), x)
+
+    def vectors(x):  # (B, N, H, W, 3)
+        return pick(jnp.flip(x, 3) * s, x)
+
+    c2w0 = jnp.asarray(tgt.c2w)
+    rot = c2w0[..., :3, :3] * s[:, None] * s[None, :]
+    trans = c2w0[..., :3, 3] * s
+    c2w = c2w0.at[..., :3, :3].set(rot).at[..., :3, 3].set(trans)
+    k0 = jnp.asarray(tgt.intrinsics)
+    k = k0.at[:, 0, 2].set(w - k0[:, 0, 2])
+    return GeometryTargets(
+        images=maps(tgt.images, 4), c2w=pick(c2w, c2w0), intrinsics=pick(k, k0),
+        rays=vectors(tgt.rays), depth=maps(tgt.depth, 3), depth_z=maps(tgt.depth_z, 3), points=vectors(tgt.points),
+        flow=vectors(tgt.flow), valid=maps(tgt.valid, 3), dynamic=maps(tgt.dynamic, 2),
+    )
+
+
+__all__ = ["GeometryTargets", "make_targets", "mirror"]

@@ -166,9 +166,29 @@ class Any4D(nnx.Module):
                  as_map(final[:, :-1])]
         dense = self.dpt_regressor_head(self.dpt_feature_head(hooks), image_hw)
         flow = self.scene_flow_dpt_regressor_head(self.scene_flow_dpt_feature_head(hooks), image_hw)
-        trans, quat = self.pose_head(hooks[3])
-        scale = jnp.clip(jnp.exp(self.scale_head(final[:, -1])), 1e-8)  # (B,)
+        trans, quat, scale = self._pose_and_scale(hooks[3], final[:, -1])
         return _adapt(dense, flow, trans, quat, scale, b, num_views)
+
+    def _pose_and_scale(self, view_maps: jax.Array, scale_token: jax.Array
+                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """view_maps (B·N, h, w, D) final-norm view tokens, scale_token (B, D) → raw per-view translation (B·N, 3),
+        quaternion (B·N, 4) and the metric scale (B,)."""
+        trans, quat = self.pose_head(view_maps)
+        return trans, quat, jnp.clip(jnp.exp(self.scale_head(scale_token)), 1e-8)
+
+    def cameras(self, tokens: jax.Array, num_views: int, grid: tuple[int, int]
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The pose and scale heads alone (no DPT heads), as `heads` computes them: tokens, the raw stream after the
+        last block (B, N·T+1, D) → unit xyzw quaternions (B, N, 4), metric camera-to-view-0 translations (B, N, 3)
+        and the metric scale (B,). For training pose on more clips than the dense heads can afford."""
+        b = tokens.shape[0]
+        h, w = grid
+        final = self.info_sharing.norm(tokens.astype(jnp.float32))
+        maps = shard_views(final[:, :-1].reshape(b * num_views, h, w, final.shape[-1]))
+        trans, quat, scale = self._pose_and_scale(maps, final[:, -1])
+        quat = quat / jnp.clip(jnp.linalg.norm(quat, axis=-1, keepdims=True), 1e-8)
+        trans = trans * jnp.repeat(scale, num_views)[:, None]
+        return quat.reshape(b, num_views, 4), trans.reshape(b, num_views, 3), scale
 
     def __call__(self, images: jax.Array) -> Any4DOutput:
         """images (B, N, 3, H, W) RGB in [0, 1] → Any4DOutput."""
