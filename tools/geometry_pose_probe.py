@@ -5,14 +5,15 @@
 
 The full geometry job spends most of a step in the DPT heads at full resolution; pose needs only the encoder, the
 trunk and the pose head. This probe trains the same model (`geometry_model.job.init_model`, the same config, data
-caches under WORKDIR/data, view sampling and augmentation) on the pose terms alone — quaternion distance ×
-`loss.rot` and view-0-frame translation (normalised by the scene's mean point distance, the prediction by its own
-metric scale) × `loss.trans` — so XLA drops the dense heads and a step costs a fraction of the job's (measured in the
-run and printed). It answers "is pose learnable in this setting, and how quickly" in minutes, before a full run.
+caches under WORKDIR/data, view sampling and augmentation, mirroring included) on the pose terms alone
+(geometry_model.losses.pose_terms: quaternion distance × `loss.rot`, view-0-frame translation over the scene's size ×
+`loss.trans`) through `Any4D.cameras`, without the dense heads, so a step costs a fraction of the job's (measured in
+the run and printed). It answers "is pose learnable in this setting, and how quickly" in minutes, before a full run.
 
-Every `eval_every` steps: mean pairwise relative rotation error and translation-direction error (degrees,
-geometry_model.evaluate.relative_pose_errors) on the RGB path's views of 32 train and `eval.num_clips` held-out
-clips, next to the same errors of predicting the identity for every view. Writes OUT/curve.json and OUT/curve.png.
+Every `eval_every` steps: mean pairwise relative rotation error and translation-direction error (degrees, the
+latter over pairs with a baseline ≥ eval.min_baseline × the median depth: geometry_model.evaluate.clip_metrics, as
+the job reports them) on the RGB path's views of 32 train and `eval.num_clips` held-out clips, next to the rotation
+error of predicting the identity for every view. Writes OUT/curve.json and OUT/curve.png.
 
 This trains no shipped model: its use is choosing the geometry job's settings (views, learning rate, widths).
 """
@@ -37,11 +38,11 @@ def main(config, workdir: str) -> None:
     from flax import nnx  # noqa: PLC0415
 
     from vggrpo_jax import training  # noqa: PLC0415
-    from vggrpo_jax.geometry.rotation import rotation_to_quaternion  # noqa: PLC0415
     from vggrpo_jax.geometry_model import job  # noqa: PLC0415
     from vggrpo_jax.geometry_model.data import gather, sample_views  # noqa: PLC0415
-    from vggrpo_jax.geometry_model.evaluate import relative_pose_errors  # noqa: PLC0415
+    from vggrpo_jax.geometry_model.evaluate import clip_metrics, relative_pose_errors  # noqa: PLC0415
     from vggrpo_jax.geometry_model.export import any4d_config_from  # noqa: PLC0415
+    from vggrpo_jax.geometry_model.losses import pose_terms  # noqa: PLC0415
     from vggrpo_jax.geometry_model.targets import make_targets  # noqa: PLC0415
     from vggrpo_jax.lgm.correspondence import view_frame_indices  # noqa: PLC0415
 
@@ -59,17 +60,13 @@ def main(config, workdir: str) -> None:
     opt = tx.init(params)
     w_rot, w_trans = float(c.loss.rot), float(c.loss.trans)
     seed, blur, noise = int(c.seed), float(c.data.augment_blur), float(c.data.augment_noise)
-
-    def norm(x):
-        return jnp.sqrt(jnp.sum(x * x, -1) + 1e-12)
+    min_baseline = float(c.eval.min_baseline)
 
     def loss_fn(p, images, tgt):
-        out = nnx.merge(graphdef, p)(images)
-        q = rotation_to_quaternion(tgt.c2w[..., :3, :3])
-        rot = jnp.mean(jnp.minimum(norm(out.cam_quats - q), norm(out.cam_quats + q)))
-        scene = jnp.mean(norm(tgt.points), (1, 2, 3))[:, None, None]  # sky points are 0: a fixed scale per clip
-        t_pred = out.cam_trans / jax.lax.stop_gradient(out.metric_scale)[:, None, None]
-        trans = jnp.mean(norm(t_pred - tgt.c2w[..., :3, 3] / scene))
+        model = nnx.merge(graphdef, p)
+        emb = model.embed(images)
+        tokens, _ = model.run_blocks(emb.tokens, 0, model.config.trunk_depth, images.shape[1])
+        rot, trans = pose_terms(*model.cameras(tokens, images.shape[1], emb.grid), tgt)
         return w_rot * rot + w_trans * trans, (rot, trans)
 
     @jax.jit
@@ -83,11 +80,10 @@ def main(config, workdir: str) -> None:
     @jax.jit
     def errors_fn(p, batch):
         tgt = make_targets(**batch)
-        out = nnx.merge(graphdef, p)(tgt.images)
-        rot, tdir, _ = relative_pose_errors(out.c2w, tgt.c2w)
+        m = clip_metrics(nnx.merge(graphdef, p)(tgt.images), tgt, min_baseline)  # the job's held-out errors
         eye = jnp.broadcast_to(jnp.eye(4), tgt.c2w.shape)
-        rot0, tdir0, _ = relative_pose_errors(eye.at[..., :3, 3].set(tgt.c2w[..., :3, 3]), tgt.c2w)
-        return jnp.mean(rot, 1), jnp.mean(tdir, 1), jnp.mean(rot0, 1)
+        rot0, _, _ = relative_pose_errors(eye.at[..., :3, 3].set(tgt.c2w[..., :3, 3]), tgt.c2w)
+        return m["rot_deg"], m["tdir_deg"], jnp.mean(rot0, 1)
 
     frames = np.asarray(view_frame_indices(1 + (train.num_frames - 1) // 4, 4, "last"))
     batch_size = int(c.eval.batch_size)
@@ -101,8 +97,8 @@ def main(config, workdir: str) -> None:
         rot, tdir, rot0 = (np.concatenate([r[k] for r in rows])[:n] for k in range(3))
         return {"rot_deg": float(rot.mean()), "tdir_deg": float(tdir.mean()), "identity_rot_deg": float(rot0.mean())}
 
-    n_held = min(int(c.eval.num_clips), len(held))
-    curve = [{"step": 0, "train": errors(params, train, 32), "heldout": errors(params, held, n_held)}]
+    n_held, n_train = min(int(c.eval.num_clips), len(held)), min(32, len(train))
+    curve = [{"step": 0, "train": errors(params, train, n_train), "heldout": errors(params, held, n_held)}]
     print(json.dumps(curve[-1]), flush=True)
     t_run, timed = 0.0, 0
     for i in range(steps):
@@ -116,7 +112,7 @@ def main(config, workdir: str) -> None:
         if (i + 1) % every == 0 or i + 1 == steps:
             row = {"step": i + 1, "loss": float(loss), "rot_loss": float(rot), "trans_loss": float(trans),
                    "step_seconds": t_run / max(timed, 1),
-                   "train": errors(params, train, 32), "heldout": errors(params, held, n_held)}
+                   "train": errors(params, train, n_train), "heldout": errors(params, held, n_held)}
             curve.append(row)
             print(json.dumps(row), flush=True)
     with open(os.path.join(OUT.value, "curve.json"), "w") as f:

@@ -134,13 +134,14 @@ def mirror_probability(c: Any) -> float:
 
 
 def dense_batch_size(c: Any) -> int:
-    """config.train.dense_batch_size: how many of each batch's clips go through the dense (DPT) heads; the rest
-    train the pose and scale heads only. 0 or absent = all of them."""
+    """How many of each batch's clips go through the dense (DPT) heads: config.train.dense_batch_size capped at
+    train.batch_size (so a quick run with a small batch needs no second override); the rest train the pose and
+    scale heads only. 0 or absent = all of them."""
     b = int(c.train.batch_size)
-    k = int(c.train.get("dense_batch_size", 0)) or b
-    if not 0 < k <= b:
-        raise ConfigError(f"train.dense_batch_size={k}: expected 1 … train.batch_size ({b}), or 0 for all")
-    return k
+    k = int(c.train.get("dense_batch_size", 0))
+    if k < 0:
+        raise ConfigError(f"train.dense_batch_size={k}: expected ≥ 1 (at most train.batch_size), or 0 for all")
+    return min(k, b) if k else b
 
 
 def model_loss(model: nnx.Module, images: jax.Array, tgt: GeometryTargets, weights: LossWeights, dense: int
