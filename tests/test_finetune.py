@@ -108,10 +108,12 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
     full = run(_config(4), straight)
     run(_config(2), resumed)  # stops at step 2 with a checkpoint, as an interrupted run would
     again = run(_config(4), resumed)
-    # Bit-equal on this machine run by run; in CI (two pytest workers) one element of 24 once differed by 1 ulp
-    # (2.3e-10) since the non-finite guard wraps the update, so the check allows float32 rounding and no more.
+    # Bit-equal on this machine run by run; in CI (two pytest workers, XLA:CPU's threaded reductions) elements
+    # have differed after 4 steps: 1 of 24 by 1 ulp once, and 4 of 48 by up to 1.4e-6 relative (4.2e-9 absolute)
+    # on a loaded machine. One training step more or less moves every parameter array by ≥ 3e-3 relative (measured:
+    # 4 against 3 steps), so the check allows a few float32 roundings and no replayed or skipped step.
     for a, b in zip(_params(full), _params(again)):
-        np.testing.assert_allclose(a, b, rtol=2e-7, atol=1e-12)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-10)
     np.testing.assert_allclose(full["heldout_fm_loss"], again["heldout_fm_loss"], rtol=1e-6)
 
 
