@@ -52,6 +52,18 @@ def _norm(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(x * x, -1) + 1e-12)
 
 
+def _scene_size(tgt: GeometryTargets) -> jax.Array:
+    """(B,) mean distance of the true surface points from view 0's camera over the valid pixels of all views."""
+    valid = tgt.valid.astype(jnp.float32)
+    return jnp.sum(_norm(tgt.points) * valid, (1, 2, 3)) / jnp.maximum(jnp.sum(valid, (1, 2, 3)), 1.0)
+
+
+def _rotation_term(quats: jax.Array, tgt: GeometryTargets) -> jax.Array:
+    """min(‖q̂ − q‖, ‖q̂ + q‖) of unit xyzw quaternions (B, N, 4), averaged."""
+    q_gt = rotation_to_quaternion(tgt.c2w[..., :3, :3])
+    return jnp.mean(jnp.minimum(_norm(quats - q_gt), _norm(quats + q_gt)))
+
+
 def geometry_loss(out, tgt: GeometryTargets, weights: LossWeights = LossWeights()
                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """out: Any4DOutput for B clips of N views; tgt: the matching `GeometryTargets`. Returns (loss, {term: value})."""
@@ -62,7 +74,7 @@ def geometry_loss(out, tgt: GeometryTargets, weights: LossWeights = LossWeights(
     s = out.metric_scale  # (B,)
     bcast = lambda x, nd: x.reshape((b,) + (1,) * (nd - 1))
 
-    gt_norm = jnp.sum(_norm(tgt.points) * vf, (1, 2, 3)) / count  # (B,)
+    gt_norm = _scene_size(tgt)  # (B,)
     pts = out.pts3d / bcast(s, 5)
     pred_norm = jnp.sum(_norm(pts) * vf, (1, 2, 3)) / count
     pn = pts / bcast(pred_norm, 5)
@@ -80,8 +92,7 @@ def geometry_loss(out, tgt: GeometryTargets, weights: LossWeights = LossWeights(
     t_pred = out.cam_trans / bcast(s * pred_norm, 3)
     t_gt = tgt.c2w[..., :3, 3] / bcast(gt_norm, 3)
     l_trans = jnp.mean(_norm(t_pred - t_gt))
-    q_gt = rotation_to_quaternion(tgt.c2w[..., :3, :3])
-    l_rot = jnp.mean(jnp.minimum(_norm(out.cam_quats - q_gt), _norm(out.cam_quats + q_gt)))
+    l_rot = _rotation_term(out.cam_quats, tgt)
 
     l_scale = jnp.mean(jnp.abs(jnp.log(s) + jax.lax.stop_gradient(jnp.log(pred_norm)) - jnp.log(gt_norm)))
 
@@ -111,14 +122,10 @@ def pose_terms(quats: jax.Array, cam_trans: jax.Array, metric_scale: jax.Array, 
     At the joint optimum (s·ẑ = z) this equals `geometry_loss`'s t̂/(s·ẑ); the stop-gradient keeps the scale
     head's error out of the pose head's target and the pose out of the scale."""
     b = quats.shape[0]
-    valid = tgt.valid.astype(jnp.float32)
-    gt_norm = jnp.sum(_norm(tgt.points) * valid, (1, 2, 3)) / jnp.maximum(jnp.sum(valid, (1, 2, 3)), 1.0)
+    z = _scene_size(tgt).reshape(b, 1, 1)
     s = metric_scale.reshape(b, 1, 1)
-    t_pred = cam_trans / s * jax.lax.stop_gradient(s) / gt_norm.reshape(b, 1, 1)
-    l_trans = jnp.mean(_norm(t_pred - tgt.c2w[..., :3, 3] / gt_norm.reshape(b, 1, 1)))
-    q_gt = rotation_to_quaternion(tgt.c2w[..., :3, :3])
-    l_rot = jnp.mean(jnp.minimum(_norm(quats - q_gt), _norm(quats + q_gt)))
-    return l_rot, l_trans
+    t_pred = cam_trans / s * jax.lax.stop_gradient(s) / z
+    return _rotation_term(quats, tgt), jnp.mean(_norm(t_pred - tgt.c2w[..., :3, 3] / z))
 
 
 def split_geometry_loss(dense_out, cameras: tuple[jax.Array, jax.Array, jax.Array], tgt: GeometryTargets,
