@@ -39,14 +39,17 @@ def guarded_update(tx: optax.GradientTransformation, grads: Any, opt_state: Any,
     state hold a NaN/inf: then (params, opt_state) come back unchanged, so no checkpoint ever holds a non-finite
     value. Returns (params, opt_state, skipped: float32 scalar, 1.0 when skipped). For use inside a jitted step;
     on a finite step the result is bit-identical to the unguarded `tx.update` + `optax.apply_updates`."""
-    ok_in = all_finite(grads) & (jnp.bool_(True) if loss is None else jnp.all(jnp.isfinite(loss)))
-    # A skipped update must not feed NaN into the optimizer's moments either: it sees zeros instead.
-    safe = jax.tree.map(lambda g: jnp.where(ok_in, g, jnp.zeros_like(g)), grads)
-    updates, new_opt = tx.update(safe, opt_state, params)
+    updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    ok = ok_in & all_finite(new_params) & all_finite(new_opt)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-    return keep(new_params, params), keep(new_opt, opt_state), (~ok).astype(jnp.float32)
+    ok = all_finite(grads) & all_finite(new_params) & all_finite(new_opt)
+    if loss is not None:
+        ok = ok & jnp.all(jnp.isfinite(loss))
+    # A skipped update keeps (params, opt_state) whole, so NaN never reaches the optimizer's moments. Why one lax.cond
+    # and not a jnp.where per leaf on the global predicate: with the per-leaf selects XLA:CPU's compile of the toy
+    # geometry job's train step (1.5 M parameters, batch 2) was still running after 5 min; with the cond the whole
+    # 2-step job — data, compile, steps, evaluation, export — took 71 s.
+    new_params, new_opt = jax.lax.cond(ok, lambda: (new_params, new_opt), lambda: (params, opt_state))
+    return new_params, new_opt, (~ok).astype(jnp.float32)
 
 
 class TrainingDiverged(UserError, RuntimeError):
