@@ -31,7 +31,7 @@ ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPAT
 def _toy():
     from vggrpo_jax.config_files import load_config_file  # noqa: PLC0415  (its lgm.build_config: next to the file)
 
-    return load_config_file(os.path.join(ROOT, "configs", "toy.py"))
+    return load_config_file(os.path.join(ROOT, "configs", "toy_random.py"))
 
 
 def _lgm_toy():
@@ -85,6 +85,23 @@ def test_config_validation_names_the_key(key, value, message):
         validate(c)
 
 
+def test_zoo_checkpoint_of_the_wrong_kind_names_the_key():
+    c = _toy()
+    c.dit.checkpoint = "zoo:vae"
+    with pytest.raises(ConfigError, match=r"config\.dit\.checkpoint='zoo:vae': this key takes the zoo's 'dit' model"):
+        validate(c)
+
+
+def test_lgm_toyworld_dataset_must_hold_the_configured_clip_shape():
+    from vggrpo_jax.lgm.pipeline import build_sources
+
+    c = _lgm_toy()  # 9-frame clips; the zoo's dataset holds 17-frame ones
+    c.data.toyworld.dataset = "zoo"
+    with pytest.raises(ConfigError, match=r"config\.data\.toyworld\.dataset='zoo' holds clips of 17×64×64; "
+                                          r"data\.num_frames/height/width are 9×64×64"):
+        build_sources(c)
+
+
 @pytest.mark.parametrize("key", ["lgm.checkpoint", "prompts.path", "dit.checkpoint", "lgm.build_config"])
 def test_config_paths_must_exist_before_any_work(key, tmp_path):
     c = _toy()
@@ -124,13 +141,17 @@ def test_mesh_and_distributed_config_errors():
     ("data.num_frames", 5, r"config\.data\.num_frames=5: gives 2 latent frames .* use ≥ 9"),
     ("data.height", 60, r"config\.data\.height=60: must be a positive multiple of the VAE stride 8"),
     ("align.optim.lr", float("nan"), r"config\.align\.optim\.lr=nan: must be a finite number"),
+    ("any4d.checkpoint", "zoo:vae", r"config\.any4d\.checkpoint='zoo:vae': this key takes the zoo's 'geometry' model"),
+    ("vae.checkpoint", "zoo:nope", r"config\.vae\.checkpoint='zoo:nope': the zoo has no model 'nope'"),
+    ("any4d.checkpoint", "/nowhere/any4d.pth", r"config\.any4d\.checkpoint='/nowhere/any4d\.pth': no such path"),
+    ("data.videos.path", "/nowhere/videos", r"config\.data\.videos\.path='/nowhere/videos': no such path"),
 ])
 def test_lgm_config_validation(key, value, message):
     from vggrpo_jax.lgm.config import validate_lgm
 
     c = _lgm_toy()
     _set(c, key, value)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises((ConfigError, PathNotFoundError), match=message):
         validate_lgm(c)
 
 
@@ -316,10 +337,10 @@ def _assert_user_error(proc: subprocess.CompletedProcess, pattern: str, progress
 
 
 def test_train_cli_one_line_and_verbose_traceback(tmp_path):
-    proc = _run(_job("train", "toy.py", tmp_path, "--config.video.height=72"))
+    proc = _run(_job("train", "toy_random.py", tmp_path, "--config.video.height=72"))
     _assert_user_error(proc, r"^error: config\.video\.height=72: must be a multiple of 16")
     assert not os.path.exists(tmp_path / "lgm"), "validation must fail before any work"
-    proc = _run(_job("train", "toy.py", tmp_path, "--config.video.height=72", "--verbose"))
+    proc = _run(_job("train", "toy_random.py", tmp_path, "--config.video.height=72", "--verbose"))
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
 
 
@@ -330,14 +351,14 @@ def test_tool_cli_truncated_pth_one_line(tmp_path):
 
 
 JOB_CASES = [
-    ("train", "toy.py", ["--config.video.num_frames=1"], r"config\.video\.num_frames=1: gives 1 latent frames"),
-    ("train", "toy.py", ["--config.optim.lr=nan"], r"^error: config\.optim\.lr=nan: must be a finite number$"),
-    ("train", "toy.py", ["--config.optim.lr=abc"], r"flag --config\.optim\.lr=abc: could not convert"),
-    ("train", "toy.py", ["--config.optim.nokey=1"], r"^error: --config\.optim\.nokey: the config has no key 'nokey'"),
+    ("train", "toy_random.py", ["--config.video.num_frames=1"], r"config\.video\.num_frames=1: gives 1 latent frames"),
+    ("train", "toy_random.py", ["--config.optim.lr=nan"], r"^error: config\.optim\.lr=nan: must be a finite number$"),
+    ("train", "toy_random.py", ["--config.optim.lr=abc"], r"flag --config\.optim\.lr=abc: could not convert"),
+    ("train", "toy_random.py", ["--config.optim.nokey=1"], r"^error: --config\.optim\.nokey: the config has no key 'nokey'"),
     ("train", "nope.py", [], r"--config: cannot load the config file: .*No such file or directory: .*nope\.py"),
-    ("train", "toy.py", ["--config.lgm.checkpoint=/nonexistent"], r"config\.lgm\.checkpoint='/nonexistent': no such"),
-    ("evaluate", "toy.py", ["--config.optim.lr=inf"], r"^error: config\.optim\.lr=inf: must be a finite number$"),
-    ("evaluate", "toy.py", [], r"^error: no checkpoint to evaluate in .*/w/checkpoints$"),
+    ("train", "toy_random.py", ["--config.lgm.checkpoint=/nonexistent"], r"config\.lgm\.checkpoint='/nonexistent': no such"),
+    ("evaluate", "toy_random.py", ["--config.optim.lr=inf"], r"^error: config\.optim\.lr=inf: must be a finite number$"),
+    ("evaluate", "toy_random.py", [], r"^error: no checkpoint to evaluate in .*/w/checkpoints$"),
     ("train_lgm", "lgm_toy.py", ["--config.data.num_frames=5"], r"config\.data\.num_frames=5: gives 2 latent frames"),
 ]
 
@@ -352,7 +373,7 @@ def test_job_cli_user_errors(module, config, overrides, pattern, tmp_path):
 def test_train_cli_non_utf8_prompt_file(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_bytes(b"a calm lake\nsnow \xe9 falls\n")
-    proc = _run(_job("train", "toy.py", tmp_path / "w", f"--config.prompts.path={prompts}"))
+    proc = _run(_job("train", "toy_random.py", tmp_path / "w", f"--config.prompts.path={prompts}"))
     _assert_user_error(proc, rf"^error: {re.escape(str(prompts))}:2: not UTF-8 text")
 
 

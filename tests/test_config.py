@@ -87,5 +87,5 @@ def test_paths_in_config_files_resolve_relative_to_the_file(tmp_path, monkeypatc
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     monkeypatch.chdir(tmp_path)
-    c = load_config_file(os.path.join(root, "configs", "toy.py"))
+    c = load_config_file(os.path.join(root, "configs", "toy_random.py"))
     assert os.path.isabs(c.lgm.build_config) and os.path.isfile(c.lgm.build_config)

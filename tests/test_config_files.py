@@ -13,7 +13,7 @@ from vggrpo_jax import config_files
 from vggrpo_jax.config_files import load_config_file, path_keys, resolve_config_flag
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOY = os.path.join(ROOT, "configs", "toy.py")
+TOY = os.path.join(ROOT, "configs", "toy_random.py")
 LGM_TOY = os.path.join(ROOT, "configs", "lgm_toy.py")
 
 

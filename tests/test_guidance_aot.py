@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _toy():
-    config = load_config_file(os.path.join(ROOT, "configs", "toy.py"))
+    config = load_config_file(os.path.join(ROOT, "configs", "toy_random.py"))
     config.text.max_length = 16
     return config
 

@@ -42,7 +42,7 @@ OVERRIDES = {"lgm.build_config": "", "eval.num_steps": 3}
 def _config(lgm_dir):
     from vggrpo_jax import backbones as build
 
-    c = build.load_config_file(os.path.join(ROOT, "configs", "toy.py"))
+    c = build.load_config_file(os.path.join(ROOT, "configs", "toy_random.py"))
     c.lgm.checkpoint = lgm_dir
     for key, value in OVERRIDES.items():
         section, name = key.split(".")
@@ -110,7 +110,7 @@ def test_sample_cli_end_to_end_with_guidance(lgm_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(["# toy prompts"] + PROMPTS) + "\n")
     out = tmp_path / "trained"
-    cmd = [sys.executable, "-m", "vggrpo_jax.sample", "--config=configs/toy.py", f"--workdir={workdir}",
+    cmd = [sys.executable, "-m", "vggrpo_jax.sample", "--config=configs/toy_random.py", f"--workdir={workdir}",
            "--checkpoint=3", f"--prompts={prompts}", f"--out={out}", "--seed=11", "--num_steps=3",
            "--batch_size=2", f"--config.lgm.checkpoint={lgm_dir}", "--config.lgm.build_config=",
            "--config.guidance.scale=0.5", "--config.guidance.steps=1,2", "--config.guidance.weights.geo=0"]

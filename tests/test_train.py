@@ -128,10 +128,10 @@ def test_missing_checkpoints_and_prompts_fail_clearly(lgm_dir, tmp_path):
 
 
 def test_readme_command_runs_rollout_rewards_update_eval_checkpoint(tmp_path):
-    """`python -m vggrpo_jax.train --config=configs/toy.py` with a smaller LGM build and fewer iterations."""
+    """`python -m vggrpo_jax.train --config=configs/toy_random.py` with a smaller LGM build and fewer iterations."""
     workdir = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "vggrpo_jax.train", "--config=configs/toy.py", f"--workdir={workdir}",
+        sys.executable, "-m", "vggrpo_jax.train", "--config=configs/toy_random.py", f"--workdir={workdir}",
         f"--config.lgm.build_config={HELPERS}/lgm_smoke.py", "--config.train.num_iterations=2",
         "--config.train.checkpoint_every=1", "--config.eval.every=2", "--config.rl.num_steps=3",
         "--config.eval.num_steps=3", "--config.prompts.toyworld_count=8",

@@ -77,3 +77,36 @@ def test_captions_matter(heldout):
     z, emb = heldout
     dit = zoo.load("dit")
     assert _fm_loss(dit, z, emb) < _fm_loss(dit, z, np.roll(emb, 1, axis=0))
+
+
+def test_grpo_backbones_load_the_shipped_dit_and_text(heldout):
+    """A GRPO config naming "zoo:dit" / "zoo:text" gets the shipped weights: the policy with its adapters off
+    computes the shipped DiT's velocity on 8 simulated devices, and the text encoder the shipped embeddings."""
+    from vggrpo_jax.backbones import build_policy, build_text_encoder
+    from vggrpo_jax.config import base_config
+    from vggrpo_jax.errors import ConfigError
+    from vggrpo_jax.parallel.mesh import make_mesh
+
+    z, emb = heldout
+    c = base_config()
+    c.dit.checkpoint, c.text.checkpoint = "zoo:dit", "zoo:text"
+    c.dit.dtype = c.dit.param_dtype = c.text.dtype = "float32"
+    c.text.max_length = zoo.manifest("text")["max_length"]
+    c.lora.rank, c.lora.alpha = 4, 8.0
+    mesh = make_mesh({"data": 1, "fsdp": -1, "context": 1, "tensor": 1})
+    policy = build_policy(c, mesh, text_dim=emb.shape[-1], latent_channels=z.shape[1])
+    t = jnp.full((z.shape[0],), 500, jnp.int32)
+    got = jax.jit(policy.reference_velocity)(policy.lora, policy.frozen, jnp.asarray(z), t, {"emb": jnp.asarray(emb)})
+    want = nnx.jit(lambda m, x, tt, e: m(x, tt, e))(zoo.load("dit"), jnp.asarray(z), t, jnp.asarray(emb))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+    split = load_split("heldout", 2, source="render", data_config="zoo")
+    captions = [split[i]["caption"] for i in range(2)]
+    text = build_text_encoder(c, "/nonexistent-unused", None, captions)
+    np.testing.assert_allclose(np.asarray(text.encode(captions)[0]), emb[:2], rtol=1e-5, atol=1e-5)
+    c.text.max_length = 512
+    with pytest.raises(ConfigError, match=r"config\.text\.max_length=512: the zoo's text encoder pads to"):
+        build_text_encoder(c, "/nonexistent-unused", None, captions)
+    c.text.max_length, c.lora.rank = zoo.manifest("text")["max_length"], 0
+    with pytest.raises(ValueError, match="LoRA"):
+        build_policy(c, mesh, text_dim=emb.shape[-1], latent_channels=z.shape[1])

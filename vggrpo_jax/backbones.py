@@ -25,6 +25,7 @@ from vggrpo_jax.errors import ConfigError, PathNotFoundError
 from vggrpo_jax.lgm.host_init import random_any4d, random_init
 from vggrpo_jax.models.any4d import Any4D, Any4DConfig
 from vggrpo_jax.models.lora import LoRAParam
+from vggrpo_jax.models.wan.config import WanConfig
 from vggrpo_jax.models.wan.vae import WanVAE
 from vggrpo_jax.models.wan.vae_config import WanVAEConfig
 from vggrpo_jax.policy import Policy, wan_config_from
@@ -96,6 +97,11 @@ def build_text_encoder(config: Any, workdir: str, mesh: Mesh | None, corpus: Seq
     t = config.text
     cache = t.cache_dir or None
     batch = int(t.batch_size)
+    if zoo_name(t.checkpoint):
+        shipped = zoo.manifest(zoo_name(t.checkpoint))["max_length"]
+        if int(t.max_length) != shipped:  # the DiT was trained on embeddings zero-padded to this length
+            raise ConfigError(f"config.text.max_length={t.max_length}: the zoo's text encoder pads to {shipped}")
+        return zoo.load(zoo_name(t.checkpoint), cache=cache, batch_size=batch, mesh=mesh)
     if t.checkpoint or not config.allow_random_init:
         _require(t.tokenizer, "text.tokenizer", "UMT5 tokenizer directory")
         _require(t.checkpoint, "text.checkpoint", "UMT5 encoder checkpoint (tools/convert_umt5.py)")
@@ -118,15 +124,30 @@ def build_text_encoder(config: Any, workdir: str, mesh: Mesh | None, corpus: Seq
 
 
 # --------------------------------------------------------------------------------------------------- policy
+def _check_dit_io(config: Any, wcfg: Any, text_dim: int, latent_channels: int) -> None:
+    if wcfg.text_dim != text_dim or wcfg.in_channels != latent_channels:
+        which = f"checkpoint {config.dit.checkpoint!r}" if config.dit.checkpoint else f"preset {config.dit.preset!r}"
+        raise ConfigError(
+            f"DiT {which} expects text_dim {wcfg.text_dim} and {wcfg.in_channels} latent channels, but the text "
+            f"encoder gives {text_dim} and the VAE {latent_channels}"
+        )
+
+
 def build_policy(config: Any, mesh: Mesh | None, text_dim: int, latent_channels: int) -> Policy:
     """The Wan DiT with LoRA adapters: converted base weights (dit.checkpoint) or, for toy runs, a random init."""
+    name = zoo_name(config.dit.checkpoint)
+    if name:
+        d = config.dit
+        manifest = zoo.manifest(name)
+        wcfg = WanConfig.from_diffusers_config(
+            manifest["model"], dtype=d.dtype, param_dtype=d.param_dtype, scan_layers=manifest["scan_layers"],
+            remat_policy=d.remat_policy, attention=d.attention, lora_rank=config.lora.rank,
+            lora_alpha=config.lora.alpha, lora_targets=tuple(config.lora.targets))
+        _check_dit_io(config, wcfg, text_dim, latent_channels)
+        return Policy.load_shipped(wcfg, zoo.weights_dir(name), lora_seed=int(config.lora.init_seed), mesh=mesh)
     if config.dit.checkpoint or not config.allow_random_init:
         wcfg = wan_config_from(config)
-        if wcfg.text_dim != text_dim or wcfg.in_channels != latent_channels:
-            raise ConfigError(
-                f"DiT preset {config.dit.preset!r} expects text_dim {wcfg.text_dim} and {wcfg.in_channels} latent "
-                f"channels, but the text encoder gives {text_dim} and the VAE {latent_channels}"
-            )
+        _check_dit_io(config, wcfg, text_dim, latent_channels)
         path = _require(config.dit.checkpoint, "dit.checkpoint", "converted Wan DiT (tools/convert_wan.py)")
         return Policy.load(wcfg, path, lora_seed=int(config.lora.init_seed), mesh=mesh)
     # Toy: the tiny preset adapted to the toy text encoder's width and the VAE's latent channels.
@@ -156,6 +177,12 @@ def vae_config(c: Any) -> WanVAEConfig:
 
 
 def any4d_config(c: Any) -> Any4DConfig:
+    """The preset's architecture, or the shipped model's (from its manifest) when any4d.checkpoint is
+    "zoo:geometry"; dtype and LoRA from the config either way."""
+    name = zoo_name(c.any4d.checkpoint)
+    if name:
+        return Any4DConfig.from_fields(zoo.manifest(name)["model"], dtype=_DTYPES[c.any4d.dtype],
+                                       lora_rank=int(c.any4d.lora_rank), lora_alpha=float(c.any4d.lora_alpha))
     factory = getattr(Any4DConfig, c.any4d.preset)  # one of models.any4d.config.ANY4D_PRESETS (validated)
     return factory(dtype=_DTYPES[c.any4d.dtype], lora_rank=int(c.any4d.lora_rank),
                    lora_alpha=float(c.any4d.lora_alpha))
@@ -190,12 +217,15 @@ def build_vae(c: Any) -> WanVAE:
 
 def build_any4d(c: Any) -> Any4D:
     """Any4D: the released .pth, an orbax dir from tools/convert_any4d.py (base weights; LoRA adapters get their
-    identity init), or random weights (lgm/host_init.py, seed config.seed + 1) when any4d.checkpoint is empty (a
-    random teacher: toy runs only)."""
+    identity init), the toy zoo's trained geometry model ("zoo:geometry"), or random weights (lgm/host_init.py, seed
+    config.seed + 1) when any4d.checkpoint is empty (a random teacher: tests only)."""
     cfg = any4d_config(c)
     path = c.any4d.checkpoint
     if not path:
         return random_any4d(cfg, c.seed + 1)
+    if zoo_name(path):
+        return zoo.load(zoo_name(path), dtype=cfg.dtype, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                        lora_seed=int(c.seed) + 1)
     if not os.path.exists(path):
         raise PathNotFoundError(f"config.any4d.checkpoint={path!r}: no such path")
     if os.path.isfile(path):

@@ -219,7 +219,7 @@ def validate(c: ConfigDict) -> ConfigDict:
     if sum(weights.values()) <= 0 or any(w < 0 for w in weights.values()):
         _fail("rewards.weights", weights, "weights must be ≥ 0 with a positive sum")
     _check_shapes(c)
-    _check_paths(c)
+    check_paths(c)
     validate_guidance(c)
     return c
 
@@ -254,19 +254,25 @@ def validate_guidance(c: ConfigDict, num_steps: int | None = None) -> ConfigDict
 # Paths a GRPO config may name; an empty value means "not given" (random init for toy runs, or unused).
 PATH_KEYS = ("dit.checkpoint", "vae.checkpoint", "any4d.checkpoint", "lgm.checkpoint", "lgm.build_config",
              "text.tokenizer", "text.checkpoint", "prompts.path", "prompts.eval_path")
+# The zoo model each checkpoint key may name ("zoo:<name>").
+ZOO_MODEL_OF = {"dit.checkpoint": "dit", "vae.checkpoint": "vae", "any4d.checkpoint": "geometry",
+                "text.checkpoint": "text"}
 
 
-def _check_paths(c: ConfigDict) -> None:
+def check_paths(c: ConfigDict, keys: Iterable[str] = PATH_KEYS) -> None:
     """Every path the config names exists (checked before anything is loaded; "toyworld" is not a path, and
     "zoo:<name>" names a shipped toy-world model, which must be shipped)."""
     from vggrpo_jax import zoo  # noqa: PLC0415
 
-    for key in PATH_KEYS:
+    for key in keys:
         value = _get(c, key)
         if isinstance(value, str) and value.startswith("zoo:"):
             name = value[len("zoo:"):]
             if name not in zoo.REGISTRY:
                 raise PathNotFoundError(f"config.{key}={value!r}: the zoo has no model {name!r} ({sorted(zoo.REGISTRY)})")
+            if key in ZOO_MODEL_OF and name != ZOO_MODEL_OF[key]:
+                raise ConfigError(f"config.{key}={value!r}: this key takes the zoo's {ZOO_MODEL_OF[key]!r} model "
+                                  f"('zoo:{ZOO_MODEL_OF[key]}')")
             if not os.path.isfile(os.path.join(zoo.weights_dir(name), "manifest.json")):
                 raise PathNotFoundError(f"config.{key}={value!r}: not shipped yet; train it with: {zoo.REGISTRY[name][1]}")
         elif value and value != "toyworld" and not os.path.exists(value):
@@ -352,5 +358,5 @@ def validate_topology(c: ConfigDict, mesh_shape: Mapping[str, int], process_coun
             _fail("mesh.context", context, f"must divide the DiT's {tokens} video tokens (config.video)")
 
 
-__all__ = ["base_config", "validate", "validate_guidance", "validate_topology", "check_finite",
+__all__ = ["base_config", "validate", "validate_guidance", "validate_topology", "check_finite", "check_paths",
            "ml_collections"]

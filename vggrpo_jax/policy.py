@@ -94,6 +94,22 @@ class Policy:
         lora = cls._init(config, lora_seed, LoRAParam, shard and shard[0])
         return cls(config, graphdef, lora, frozen)
 
+    @classmethod
+    def load_shipped(cls, config: WanConfig, directory: str, lora_seed: int, mesh: Mesh | None = None) -> "Policy":
+        """Base weights from a shipped directory (model.safetensors + manifest, sft/export.py: the toy zoo's DiT),
+        sha256- and layout-checked, placed at their shardings; fresh adapters."""
+        from vggrpo_jax.shipped import load_state, read_manifest  # noqa: PLC0415
+
+        if config.lora_rank < 1:
+            raise ValueError("Policy needs LoRA adapters: set lora.rank ≥ 1")
+        graphdef, _, abs_frozen, shard = cls._abstract(config, mesh)
+        frozen = load_state(directory, abs_frozen, read_manifest(directory, "vggrpo_dit/1"))
+        frozen = jax.tree.map(lambda x, a: x.astype(a.dtype), frozen, abs_frozen)
+        if shard is not None:
+            frozen = jax.device_put(frozen, shard[1])
+        lora = cls._init(config, lora_seed, LoRAParam, shard and shard[0])
+        return cls(config, graphdef, lora, frozen)
+
     # ---------------------------------------------------------------------------------------------- calling
     def velocity(self, lora: Any, frozen: Any, x: jax.Array, t: jax.Array, text: dict) -> jax.Array:
         """v_θ(x (B, C, F, H, W), t (B,) int32, text {"emb": (B, L, D)}) → (B, C, F, H, W) fp32."""

@@ -11,7 +11,8 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from vggrpo_jax.config import ANY4D_PRESETS, MIN_VIEWS_MOTION, VAE_PRESETS, base_config, check_finite, check_num_frames
+from vggrpo_jax.config import (ANY4D_PRESETS, MIN_VIEWS_MOTION, VAE_PRESETS, base_config, check_finite, check_num_frames,
+                               check_paths)
 from vggrpo_jax.errors import ConfigError
 from vggrpo_jax.lgm.align import FEATURE_CRITERIA, MODALITIES
 from vggrpo_jax.lgm.connector import ConnectorConfig
@@ -66,7 +67,10 @@ def lgm_base_config() -> ConfigDict:
     ))
     c.data = ConfigDict(dict(
         num_frames=81, height=480, width=832,
-        toyworld=ConfigDict(dict(num_clips=0, seed=0, checker_size=0.5)),  # checker_size: floor texture, world units
+        # checker_size: floor texture, world units. dataset: "" renders clips seed, seed + 1, … with toyworld's
+        # defaults; a toyworld_tfds builder config ("zoo") takes them from that dataset's splits instead (its
+        # held-out clips from its held-out split; seed and checker_size unused).
+        toyworld=ConfigDict(dict(num_clips=0, seed=0, checker_size=0.5, dataset="")),
         videos=ConfigDict(dict(path="", max_clips=0)),  # real videos (DL3DV, RealEstate10K, MiraData, …)
         generated=ConfigDict(dict(path="", max_clips=0)),  # .npz samples of the base Wan model (latents [+ video])
         heldout_fraction=0.05,
@@ -155,6 +159,7 @@ def validate_lgm(c: ConfigDict) -> ConfigDict:
         _fail("data.cache_dtype", c.data.cache_dtype, "must be float32 or float16")
     if not (c.data.toyworld.num_clips or c.data.videos.path or c.data.generated.path):
         _fail("data", "no source", "set data.toyworld.num_clips, data.videos.path or data.generated.path")
+    check_paths(c, ("vae.checkpoint", "any4d.checkpoint", "data.videos.path", "data.generated.path"))
     if c.align.train_lora and int(c.any4d.lora_rank) <= 0:
         _fail("align.train_lora", True, "needs any4d.lora_rank > 0")
     for name in ("stitch.optim", "align.optim"):

@@ -2,6 +2,7 @@
 
 Clip sources (random access, grain `MapDataset.source`-compatible; each item is a dict):
   ToyworldClips      procedural scenes rendered by vggrpo_jax.data.toyworld (built in; ground truth unused here)
+  ToyworldDatasetClips  a split of a toyworld dataset (the zoo's), rendered by seed as its builder stores it
   VideoDirectoryClips real videos: every video file under a directory, read and fitted to (F, H, W) by
                      vggrpo_jax.data.video (`read_video`, `fit_video`)
   GeneratedClips     samples of the video model: *.npz files with `latents` (C, F', H', W') NORMALISED latents (what
@@ -71,6 +72,42 @@ class ToyworldClips:
     def describe(self) -> dict:
         return {"kind": "toyworld", "num_clips": self.num_clips, "seed": self.seed, "num_frames": self.num_frames,
                 "height": self.height, "width": self.width, **self.render_kwargs}
+
+
+class ToyworldDatasetClips:
+    """Clips of a split of the toyworld dataset (data/toyworld_tfds.py builder config `config`, e.g. the zoo's):
+    the first `num_clips` seeds of `split`, rendered exactly as the builder stores them (uint8, their jitter and
+    motion drawn per seed), as VAE-range videos (3, F, H, W). Rendering by seed needs no prepared dataset."""
+
+    def __init__(self, config: str, split: str, num_clips: int, *, num_frames: int, height: int, width: int):
+        from vggrpo_jax.data import toyworld_tfds as T  # noqa: PLC0415
+
+        try:
+            builder = T.builder_config(config)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"config.data.toyworld.dataset={config!r}: {e}") from None
+        self.base = builder.toyworld_config()
+        shape = (self.base.num_frames, self.base.height, self.base.width)
+        if shape != (int(num_frames), int(height), int(width)):
+            raise ConfigError(f"config.data.toyworld.dataset={config!r} holds clips of {shape[0]}×{shape[1]}×"
+                              f"{shape[2]}; data.num_frames/height/width are {num_frames}×{height}×{width}")
+        self.config, self.split = config, split
+        self.seeds = T.split_seeds(split, int(num_clips), 0) if split == "train" else T.split_seeds(split, 0,
+                                                                                                      int(num_clips))
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __getitem__(self, i: int) -> dict:
+        from vggrpo_jax.data import toyworld_tfds as T  # noqa: PLC0415
+
+        if not 0 <= i < len(self.seeds):
+            raise IndexError(f"toyworld {self.split} clip {i} out of range 0..{len(self.seeds) - 1}")
+        return {"video": T.video_to_model(T.render_record(self.seeds[i], self.base)["video"])}
+
+    def describe(self) -> dict:
+        return {"kind": "toyworld_dataset", "config": self.config, "split": self.split,
+                "seeds": [self.seeds.start, self.seeds.stop]}
 
 
 class VideoDirectoryClips:
@@ -423,6 +460,7 @@ __all__ = [
     "Subset",
     "TeacherCache",
     "ToyworldClips",
+    "ToyworldDatasetClips",
     "VideoDirectoryClips",
     "batch_fn",
     "build_teacher_cache",

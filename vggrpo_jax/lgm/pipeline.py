@@ -30,6 +30,7 @@ from vggrpo_jax.lgm.data import (
     GeneratedClips,
     TeacherCache,
     ToyworldClips,
+    ToyworldDatasetClips,
     VideoDirectoryClips,
     build_teacher_cache,
     make_target_fn,
@@ -62,8 +63,14 @@ def connector_variants(c: ConfigDict) -> dict[str, ConnectorConfig]:
 def build_sources(c: ConfigDict) -> tuple[Any, Any]:
     """(train, held-out) clip sources: each configured source split by data.heldout_fraction."""
     d = c.data
-    sources = []
-    if d.toyworld.num_clips:
+    sources, splits = [], []
+    if d.toyworld.num_clips and d.toyworld.dataset:
+        n = int(d.toyworld.num_clips)
+        k = max(1, int(round(n * float(d.heldout_fraction))))
+        shape = dict(num_frames=d.num_frames, height=d.height, width=d.width)
+        splits.append((ToyworldDatasetClips(d.toyworld.dataset, "train", n - k, **shape),
+                       ToyworldDatasetClips(d.toyworld.dataset, "heldout", k, **shape)))
+    elif d.toyworld.num_clips:
         sources.append(ToyworldClips(int(d.toyworld.num_clips), seed=int(d.toyworld.seed), num_frames=d.num_frames,
                                      height=d.height, width=d.width, checker_size=float(d.toyworld.checker_size)))
     if d.videos.path:
@@ -71,7 +78,7 @@ def build_sources(c: ConfigDict) -> tuple[Any, Any]:
                                            max_clips=int(d.videos.max_clips)))
     if d.generated.path:
         sources.append(GeneratedClips(d.generated.path, max_clips=int(d.generated.max_clips)))
-    splits = [split_heldout(s, float(d.heldout_fraction)) for s in sources]
+    splits += [split_heldout(s, float(d.heldout_fraction)) for s in sources]
     return Concat([s[0] for s in splits]), Concat([s[1] for s in splits])
 
 

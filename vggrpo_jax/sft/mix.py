@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -59,11 +59,13 @@ def summary(scores: np.ndarray, threshold: float) -> dict[str, Any]:
 
 
 def sample_latents(dit: Any, cond: np.ndarray, uncond: np.ndarray, latent_shape: Sequence[int], *, seed: int,
-                   num_steps: int = 20, shift: float = 3.0, cfg_scale: float = 5.0, batch_size: int = 16
-                   ) -> np.ndarray:
+                   num_steps: int = 20, shift: float = 3.0, cfg_scale: float = 5.0, batch_size: int = 16,
+                   indices: Sequence[int] | None = None,
+                   on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
     """ODE samples (N, C, F', H', W') float32 of the DiT for caption embeddings cond (N, L, D), uncond (1, L, D).
 
-    Sample i starts from normal(fold_in(key(seed), i)), so it does not depend on the batching."""
+    Sample i starts from normal(fold_in(key(seed), indices[i])) (indices default 0..N−1), so it does not depend on
+    the batching. on_batch(rows, latents) is called after each batch with the rows of cond it sampled."""
     graphdef, state = nnx.split(dit)
     sigmas = wan_sigmas(int(num_steps), float(shift))
 
@@ -73,14 +75,19 @@ def sample_latents(dit: Any, cond: np.ndarray, uncond: np.ndarray, latent_shape:
         return ode_sample(velocity, x, sigmas, cond=c, uncond=u, cfg_scale=cfg_scale)
 
     n = cond.shape[0]
+    indices = range(n) if indices is None else list(indices)
+    if len(indices) != n:
+        raise ValueError(f"sample_latents: {len(indices)} indices for {n} captions")
     key = jax.random.key(int(seed))
     noise = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(key, i), tuple(latent_shape), jnp.float32))
-                      for i in range(n)])
+                      for i in indices])
     out = []
     for lo in range(0, n, batch_size):
         idx = np.arange(lo, lo + batch_size) % n  # one compiled shape; the wrapped rows are dropped
-        out.append(np.asarray(run(state, jnp.asarray(noise[idx]), jnp.asarray(cond[idx]), jnp.asarray(uncond)))
-                   [: min(batch_size, n - lo)])
+        z = np.asarray(run(state, jnp.asarray(noise[idx]), jnp.asarray(cond[idx]), jnp.asarray(uncond)))
+        out.append(z[: min(batch_size, n - lo)])
+        if on_batch is not None:
+            on_batch(np.arange(lo, lo + len(out[-1])), out[-1])
     return np.concatenate(out)
 
 

@@ -80,6 +80,16 @@ class Any4DConfig:
         return self.pose_head_dim or 4 * self.patch_size**2
 
     @classmethod
+    def from_fields(cls, fields: Any, **overrides: Any) -> "Any4DConfig":
+        """From a JSON / ConfigDict mapping of field names (a shipped manifest's "model"; lists become tuples),
+        with `overrides` (dtype, LoRA) on top. Unknown fields raise, naming them."""
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(fields).items()}
+        unknown = set(kw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"model config: unknown Any4DConfig fields {sorted(unknown)}")
+        return cls(**{**kw, **overrides})
+
+    @classmethod
     def full(cls, **overrides: Any) -> "Any4DConfig":
         """The released any4d_4v_combined sizes (≈614 M parameters with the geometric-input encoders)."""
         return cls(**overrides)
