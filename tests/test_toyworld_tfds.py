@@ -91,3 +91,21 @@ def test_builder_reader_round_trip_equals_rendering(tiny):
 def test_missing_dataset_names_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="toyworld_tfds --data_dir"):
         T.data_source("train", str(tmp_path), "tiny", build_if_missing=False)
+
+
+def test_captions_without_rendering_equal_the_stored_ones():
+    """T.captions (the GRPO prompts "toyworld:tiny") are the builder's captions, static and dynamic clips alike."""
+    from vggrpo_jax import backbones
+    from vggrpo_jax.config import base_config
+
+    base = T.builder_config("tiny").toyworld_config()
+    for split, seeds in (("train", T.split_seeds("train", 6, 0)), ("heldout", T.split_seeds("heldout", 0, 6))):
+        rendered = [T.render_record(s, base)["caption"] for s in seeds]
+        assert {T.clip_spec(s).dynamic for s in seeds} == {False, True}
+        assert T.captions(split, 6, "tiny") == rendered
+    c = base_config()
+    c.prompts.path = c.prompts.eval_path = "toyworld:tiny"
+    c.prompts.toyworld_count = 6
+    assert backbones.load_prompts(c, eval_split=True) == T.captions("heldout", 6, "tiny")
+    assert [s for _, s in backbones.load_prompts_with_splits(c)] == [
+        "dynamic" if "moves" not in p.split(";")[1] else "static" for p in T.captions("train", 6, "tiny")]

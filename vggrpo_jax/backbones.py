@@ -53,8 +53,20 @@ def load_prompts(config: Any, eval_split: bool = False) -> list[str]:
 
 def load_prompts_with_splits(config: Any, eval_split: bool = False) -> list[tuple[str, str]]:
     """`load_prompts` with each prompt's split: "static" / "dynamic" from a jsonl file (or from the toyworld caption),
-    "unsplit" for prompts that carry none (.txt files)."""
+    "unsplit" for prompts that carry none (.txt files). "toyworld" draws captions of toyworld's default scenes
+    (seed config.seed, +1 for evaluation); "toyworld:<builder config>" ("toyworld:zoo") takes the captions of that
+    dataset's train split, or of its held-out split for evaluation (data/toyworld_tfds.py)."""
     path = config.prompts.eval_path if eval_split and config.prompts.eval_path else config.prompts.path
+    if isinstance(path, str) and path.startswith("toyworld:"):  # a toyworld dataset's captions: its train split
+        from vggrpo_jax.data.toyworld import caption_split  # noqa: PLC0415  (training), held-out split (evaluation)
+        from vggrpo_jax.data.toyworld_tfds import captions  # noqa: PLC0415
+
+        split, key = ("heldout", "eval_path") if eval_split and config.prompts.eval_path else ("train", "path")
+        try:
+            texts = captions(split, int(config.prompts.toyworld_count), path[len("toyworld:"):])
+        except ValueError as e:
+            raise ConfigError(f"config.prompts.{key}={path!r}: {e}") from None
+        return [(p, caption_split(p)) for p in texts]
     if path == "toyworld":
         from vggrpo_jax.data.toyworld import caption_split, make_prompts  # noqa: PLC0415
 

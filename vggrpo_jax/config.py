@@ -77,7 +77,8 @@ def base_config() -> ConfigDict:
     c.lgm = ConfigDict(dict(checkpoint="", build_config=""))
 
     c.video = ConfigDict(dict(num_frames=33, height=240, width=416, fps=16))
-    # path: .txt (one prompt per line) or .jsonl ({"prompt": ..., "split": "static"|"dynamic"}), or "toyworld".
+    # path: .txt (one prompt per line) or .jsonl ({"prompt": ..., "split": "static"|"dynamic"}), "toyworld" (captions of
+    # toyworld's default scenes) or "toyworld:zoo" (the zoo dataset's captions: train split; held-out for eval_path).
     c.prompts = ConfigDict(dict(path="", eval_path="", split="all", toyworld_count=64))
 
     c.rl = ConfigDict(
@@ -275,7 +276,7 @@ def check_paths(c: ConfigDict, keys: Iterable[str] = PATH_KEYS) -> None:
                                   f"('zoo:{ZOO_MODEL_OF[key]}')")
             if not os.path.isfile(os.path.join(zoo.weights_dir(name), "manifest.json")):
                 raise PathNotFoundError(f"config.{key}={value!r}: not shipped yet; train it with: {zoo.REGISTRY[name][1]}")
-        elif value and value != "toyworld" and not os.path.exists(value):
+        elif value and value != "toyworld" and not value.startswith("toyworld:") and not os.path.exists(value):
             raise PathNotFoundError(f"config.{key}={value!r}: no such path")
 
 

@@ -411,18 +411,22 @@ def _scenes(seeds: jax.Array, traced: dict[str, jax.Array], cfg: ToyworldConfig)
     return jax.vmap(lambda s: _sample_scene(jax.random.split(jax.random.key(s))[0], cfg, traced))(seeds)
 
 
-def make_prompts(n: int, seed: int = 0, config: ToyworldConfig | None = None) -> list[str]:
-    """Captions of clips ``seed, seed + 1, ..., seed + n − 1`` (identical to ``render_clip``'s), without rendering."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if n == 0:
+def make_prompts(n: int, seed: int = 0, config: ToyworldConfig | None = None,
+                 seeds: Sequence[int] | None = None) -> list[str]:
+    """Captions of clips ``seed, seed + 1, ..., seed + n − 1`` (or of ``seeds`` when given; n is then ignored),
+    identical to ``render_clip``'s, without rendering."""
+    if seeds is None:
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        seeds = range(seed, seed + n)
+    if len(seeds) == 0:
         return []
     cfg = _config(config)
     static_cfg, traced = _split_config(cfg)
-    scenes = jax.device_get(_scenes(jnp.arange(seed, seed + n, dtype=jnp.int32), traced, static_cfg))
+    scenes = jax.device_get(_scenes(jnp.asarray(list(seeds), dtype=jnp.int32), traced, static_cfg))
     return [
         _caption({k: v[i] for k, v in scenes.items()}, cfg.camera_motions[int(scenes["motion"][i])])
-        for i in range(n)
+        for i in range(len(seeds))
     ]
 
 

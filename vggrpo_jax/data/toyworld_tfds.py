@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vggrpo_jax.data.toyworld import ToyworldConfig, render_clip
+from vggrpo_jax.data.toyworld import ToyworldConfig, make_prompts, render_clip
 
 HELDOUT_SEED_BASE = 1_000_000  # held-out seeds start here; train seeds are 0 … num_train − 1
 JITTER_RANGE = (0.01, 0.04)  # per-clip jitter amplitude (std, fraction of the camera–target distance)
@@ -70,6 +70,19 @@ def split_seeds(split: str, num_train: int, num_heldout: int) -> range:
     if split == "heldout":
         return range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + num_heldout)
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def captions(split: str, num_clips: int, config: str = "zoo") -> list[str]:
+    """The captions of the first ``num_clips`` clips of ``split`` (seed order), exactly as the builder stores them,
+    without rendering: the prompts a model trained on this dataset was trained on (train) or is tested on (heldout)."""
+    base = builder_config(config).toyworld_config()
+    seeds = list(split_seeds(split, num_clips, 0) if split == "train" else split_seeds(split, 0, num_clips))
+    out: dict[int, str] = {}
+    for dynamic in (False, True):  # one vectorised draw per kind (a caption does not depend on the jitter)
+        group = [s for s in seeds if clip_spec(s).dynamic == dynamic]
+        cfg = ClipSpec(seed=0, dynamic=dynamic, jitter=0.0).config(base)
+        out.update(zip(group, make_prompts(0, config=cfg, seeds=group)))
+    return [out[s] for s in seeds]
 
 
 # ---------------------------------------------------------------------------------------------------------------
