@@ -36,7 +36,7 @@ def main() -> None:
 
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     from lgm_toy import get_config as lgm_config
-    from toy import get_config as toy_config
+    from toy_random import get_config as toy_config
 
     c = toy_config()
     c.rl.num_steps, c.rl.prompts_per_batch, c.rl.group_size = args.steps, args.prompts, args.k

@@ -1,11 +1,16 @@
 """LGM on the trained toy world: the zoo's geometry model stitched onto the zoo VAE's latents.
 
-    python -m vggrpo_jax.train_lgm --config=configs/lgm_zoo.py --workdir=/tmp/lgm_zoo
+    python tools/base_samples.py --out=/tmp/base_samples --num_samples=512      # the base DiT's samples
+    python -m vggrpo_jax.train_lgm --config=configs/lgm_zoo.py --workdir=/tmp/lgm_zoo \
+        --config.data.generated.path=/tmp/base_samples
 
 Clips of the zoo's dataset (zoo.VIDEO = 17×64×64; its train split for calibration, its held-out split for the
 evaluation), rendered by seed exactly as data/toyworld_tfds.py stores them → 5 latent frames of 8×8 → 5 views of
 4×4 tokens → the teacher's 56×56 input, the size the geometry model was trained at. The architectures come from the
 shipped manifests (vae.preset / any4d.preset only give the strides the validation checks, which are the same).
+As the paper does, the calibration mixes real clips with the base model's samples (data.generated.path, written by
+tools/base_samples.py; without it, real clips only); 1/8 of each source is held out (64 + 64), and the evaluation
+reports the LGM–RGB agreement on each source separately as well as pooled.
 The teacher's scene flow is the trained head's, so r_geo's dynamic-point filter stays on as in the GRPO rewards.
 """
 
@@ -19,8 +24,9 @@ def get_config():
     c.any4d.lora_rank, c.any4d.lora_alpha = 4, 4.0
     c.data.num_frames, c.data.height, c.data.width = 17, 64, 64
     c.data.toyworld.dataset = "zoo"
-    c.data.toyworld.num_clips = 576
-    c.data.heldout_fraction = 1 / 9  # 64 held-out clips (the issue's ≥ 64)
+    c.data.toyworld.num_clips = 512
+    c.data.generated.max_clips = 512
+    c.data.heldout_fraction = 1 / 8  # 64 held-out clips of each source (the issue's ≥ 64)
     c.data.cache_dtype = "float32"
     c.data.shard_size = 16
     c.data.batch_size = 8
@@ -35,7 +41,7 @@ def get_config():
     c.align.optim.lr = 1e-3
     c.align.optim.warmup_steps = 50
     c.eval.batch_size = 8
-    c.eval.max_clips = 64
+    c.eval.max_clips = 0  # every held-out clip
     c.eval.sigmas = [0.0, 0.1, 0.3, 1.0]
     # The GRPO reward settings of configs/geometry_toy.py's evaluation (every view, scene-flow filter on).
     c.eval.reward.stride = 1

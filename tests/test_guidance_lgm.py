@@ -26,7 +26,7 @@ def _configs():
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     try:
         from lgm_toy import get_config as lgm_config  # noqa: PLC0415
-        from toy import get_config as toy_config  # noqa: PLC0415
+        from toy_random import get_config as toy_config  # noqa: PLC0415
     finally:
         sys.path.pop(0)
     return lgm_config(), toy_config()

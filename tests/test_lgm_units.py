@@ -234,7 +234,7 @@ def _load_config(name):
     return mod.get_config()
 
 
-def test_configs_validate():
+def test_configs_validate(tmp_path):
     toy = validate_lgm(_load_config("lgm_toy"))
     assert toy.any4d.preset == "tiny"
     full = _load_config("lgm_wan21")
@@ -243,7 +243,10 @@ def test_configs_validate():
     assert full.any4d.lora_rank == 64 and full.any4d.lora_alpha == 32 and full.align.optim.lr == 2e-4
     with pytest.raises(ValueError, match="data"):
         validate_lgm(full)  # no calibration source configured
-    full.data.videos.path = "/videos"
+    full.data.videos.path = str(tmp_path / "videos")
+    with pytest.raises(FileNotFoundError, match=r"config\.data\.videos\.path='.*videos': no such path"):
+        validate_lgm(full)  # checked before anything is built
+    os.makedirs(full.data.videos.path)
     validate_lgm(full)
     full.stitch.criterion = "best"
     with pytest.raises(ValueError, match="stitch.criterion"):
@@ -290,3 +293,20 @@ def test_calibration_sources(tmp_path):
         VideoDirectoryClips(str(gen_dir), num_frames=9, height=32, width=48)
     with pytest.raises(ValueError, match="1 \\+ 4"):
         VideoDirectoryClips(str(vids), num_frames=10, height=32, width=48)
+
+
+def test_heldout_sources_keep_their_ranges(tmp_path):
+    """With real clips and generated samples, the held-out cache holds each source's held-out part in order, and
+    heldout_ranges names them (the LGM evaluation reports each source's agreement separately)."""
+    from vggrpo_jax.lgm.pipeline import build_sources, heldout_ranges
+
+    c = _load_config("lgm_toy")
+    c.data.toyworld.num_clips, c.data.heldout_fraction = 16, 0.25
+    for i in range(8):
+        np.savez(tmp_path / f"{i:06d}.npz", latents=np.full((4, 3, 8, 8), i, np.float32))
+    c.data.generated.path = str(tmp_path)
+    train, held = build_sources(c)
+    assert (len(train), len(held)) == (12 + 6, 4 + 2)
+    ranges = heldout_ranges(c)
+    assert ranges == {"toyworld": (0, 4), "generated": (4, 6)}
+    assert [float(held[i]["latents"][0, 0, 0, 0]) for i in range(*ranges["generated"])] == [6.0, 7.0]

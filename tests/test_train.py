@@ -46,7 +46,7 @@ def lgm_dir(tmp_path_factory):
 def _config(lgm_dir, iterations):
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     try:
-        from toy import get_config  # noqa: PLC0415
+        from toy_random import get_config  # noqa: PLC0415
     finally:
         sys.path.pop(0)
     c = get_config()

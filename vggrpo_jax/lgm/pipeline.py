@@ -108,11 +108,21 @@ def cached_teacher_geometry(batch: dict) -> Any:
     return to_scene_geometry(Any4DOutput(**fields))
 
 
-def _batches(cache: TeacherCache, keys: list[str], batch_size: int, max_clips: int):
-    n = min(len(cache), max_clips) if max_clips else len(cache)
-    for lo in range(0, n, batch_size):
+def _batches(cache: TeacherCache, keys: list[str], batch_size: int, max_clips: int, start: int = 0,
+             stop: int | None = None):
+    """Batches of clips start..stop−1 of the cache (at most max_clips of them; 0 = all)."""
+    stop = len(cache) if stop is None else stop
+    n = min(stop, start + max_clips) if max_clips else stop
+    for lo in range(start, n, batch_size):
         items = [cache.get(i, keys) for i in range(lo, min(n, lo + batch_size))]
         yield {k: np.stack([it[k] for it in items]) for k in keys}
+
+
+def heldout_ranges(c: ConfigDict) -> dict[str, tuple[int, int]]:
+    """{source kind: (start, stop)} of each configured source's clips in the held-out cache (build_sources' order)."""
+    _, held = build_sources(c)
+    return {s.describe()["kind"] if isinstance(s.describe(), dict) else f"source{i}":
+            (int(held.offsets[i]), int(held.offsets[i + 1])) for i, s in enumerate(held.sources)}
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -183,6 +193,12 @@ def run(c: ConfigDict, workdir: str, *, align_stop_after: int | None = None) -> 
         latents = np.concatenate([b["latents"] for b in _batches(held, ["latents"], eval_bs, int(c.eval.max_clips))])
         robust = robustness_report(lgm_fn, rgb_fn, latents, list(c.eval.sigmas), seed=int(c.seed),
                                    batch_size=eval_bs)
+        ranges = heldout_ranges(c)
+        if len(ranges) > 1:  # the pooled figures above, and each source's own (real clips vs generated samples)
+            agreement["by_source"] = {
+                kind: agreement_report(lgm_fn, rgb_fn, _batches(held, keys, eval_bs, int(c.eval.max_clips), lo, hi),
+                                       reward_fn=reward_fn, teacher_fn=cached_teacher_geometry)
+                for kind, (lo, hi) in ranges.items()}
         summary.update(finished=True, agreement=agreement, robustness=robust)
         writer.write(int(c.align.steps), {**{f"eval/vs_rgb/{k}": v for k, v in agreement["vs_rgb"].items()},
                                           **{f"eval/{k}": v for k, v in agreement.items() if k.startswith("spearman_")}})
@@ -209,6 +225,9 @@ def report_text(summary: dict) -> str:
             lines.append(f"  {ref}: " + ", ".join(f"{k} {v:.4g}" for k, v in a[ref].items()))
     lines.append(f"  spearman LGM vs RGB rewards: motion {a['spearman_motion']:.3f}, geo {a['spearman_geo']:.3f} "
                  f"({a['num_clips']} clips)")
+    for kind, b in a.get("by_source", {}).items():
+        lines.append(f"    {kind}: motion {b['spearman_motion']:.3f}, geo {b['spearman_geo']:.3f}, rotation LGM vs RGB "
+                     f"{b['vs_rgb']['rot_deg']:.3f}° ({b['num_clips']} clips)")
     if "spearman_motion_vs_teacher" in a:
         lines.append(f"  spearman LGM vs teacher rewards: motion {a['spearman_motion_vs_teacher']:.3f}, "
                      f"geo {a['spearman_geo_vs_teacher']:.3f}")
