@@ -5,7 +5,7 @@
 
 The notebook runs VGGRPO end to end on one chip: install, checkpoints (download + the converters in tools/), the text
 embedding cache, the AOT memory of each GRPO stage, a small LGM, GRPO, then videos and reward curves. MODE picks the
-path: "wan21" (Wan2.1-T2V-1.3B + Any4D on a Colab TPU v5e-1, 16 GiB HBM) or "toy" (configs/toy.py at a tiny size, on
+path: "wan21" (Wan2.1-T2V-1.3B + Any4D on a Colab TPU v5e-1, 16 GiB HBM) or "toy" (configs/toy_random.py at a tiny size, on
 any CPU; tests/test_colab_notebook.py executes it headless). Cells that need internet or a TPU say so and skip on the
 toy path.
 """
@@ -38,7 +38,7 @@ stitched onto the Wan VAE latents) for camera-motion smoothness and 4D reproject
 Two paths run the same cells:
 - `MODE = "wan21"`: Runtime → *Change runtime type* → **TPU v5e-1** (one chip, 16 GiB HBM). Downloads and converts
   the real checkpoints (~30 GB download, about an hour of setup), builds a small LGM, runs a short GRPO.
-- `MODE = "toy"`: any CPU. The project's toy world (`configs/toy.py`, tiny models) at a tiny size: the same steps
+- `MODE = "toy"`: any CPU. The project's random tiny world (`configs/toy_random.py`) at a tiny size: the same steps
   in a few minutes. Cells that need internet or a TPU are skipped.
 
 `MODE = "auto"` picks `"wan21"` on a TPU runtime and `"toy"` otherwise.
@@ -222,7 +222,7 @@ else:
 md("""
 ## 5. Configs, and the AOT memory of each GRPO stage on this chip
 
-From here on this kernel owns the accelerator. Both paths start from the project's configs (`configs/toy.py`,
+From here on this kernel owns the accelerator. Both paths start from the project's configs (`configs/toy_random.py`,
 `configs/wan21.py`, `configs/lgm_*.py`) and shrink them. For wan21 each candidate shape's GRPO iteration
 (rollout → LGM rewards → update) is compiled ahead of time on abstract shapes (`vggrpo_jax.grpo.aot`, no weights
 allocated) and the first one whose every stage fits the chip's memory is used. On the CPU backend (an upper bound:
@@ -258,7 +258,7 @@ def lgm_config(frames, height, width):
 
 
 def grpo_config(frames, height, width, prompts_per_batch, group_size, micro_batch):
-    c = load_config_file(os.path.join(ROOT, "configs", f"{MODE}.py"))
+    c = load_config_file(os.path.join(ROOT, "configs", "toy_random.py" if MODE == "toy" else "wan21.py"))
     c.video.num_frames, c.video.height, c.video.width = frames, height, width
     c.rl.prompts_per_batch, c.rl.group_size, c.rl.micro_batch_size = prompts_per_batch, group_size, micro_batch
     l = lgm_config(frames, height, width)

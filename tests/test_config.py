@@ -89,3 +89,27 @@ def test_paths_in_config_files_resolve_relative_to_the_file(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     c = load_config_file(os.path.join(root, "configs", "toy_random.py"))
     assert os.path.isabs(c.lgm.build_config) and os.path.isfile(c.lgm.build_config)
+
+
+def test_the_readme_config_runs_on_the_shipped_zoo(tmp_path, monkeypatch):
+    """configs/toy.py (the README main job) names the shipped zoo for every model, no random weights, and the LGM
+    it builds first sits on the same zoo VAE and geometry model; from any directory."""
+    import os
+
+    from vggrpo_jax import zoo
+    from vggrpo_jax.backbones import load_config_file
+    from vggrpo_jax.config import validate
+    from vggrpo_jax.lgm.config import validate_lgm
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.chdir(tmp_path)
+    c = validate(load_config_file(os.path.join(root, "configs", "toy.py")))
+    assert not c.allow_random_init
+    assert (c.dit.checkpoint, c.text.checkpoint, c.vae.checkpoint, c.any4d.checkpoint) == (
+        "zoo:dit", "zoo:text", "zoo:vae", "zoo:geometry")
+    assert (c.video.num_frames, c.video.height, c.video.width) == zoo.VIDEO
+    assert c.prompts.path == c.prompts.eval_path == "toyworld:zoo"
+    lgm = validate_lgm(load_config_file(c.lgm.build_config))
+    assert (lgm.vae.checkpoint, lgm.any4d.checkpoint) == (c.vae.checkpoint, c.any4d.checkpoint)
+    assert (lgm.any4d.lora_rank, lgm.any4d.lora_alpha) == (c.any4d.lora_rank, c.any4d.lora_alpha)
+    assert (lgm.data.num_frames, lgm.data.height, lgm.data.width) == zoo.VIDEO

@@ -34,8 +34,8 @@ def test_toy_config_finds_its_lgm_config_from_another_directory(tmp_path, monkey
     # the same through the flags, with the config file named relative to the working directory
     monkeypatch.chdir(os.path.join(ROOT, "tests"))
     c = _parsed_flag("--config=../configs/toy.py").value
-    assert c.lgm.build_config == LGM_TOY
-    assert c.prompts.path == "toyworld" and c.dit.checkpoint == ""  # not paths: left as written
+    assert c.lgm.build_config == os.path.join(ROOT, "configs", "lgm_zoo_quick.py")
+    assert c.prompts.path == "toyworld:zoo" and c.dit.checkpoint == "zoo:dit"  # not paths: left as written
 
 
 def test_command_line_paths_stay_relative_to_the_working_directory(tmp_path, monkeypatch):

@@ -143,8 +143,9 @@ def test_readme_command_runs_rollout_rewards_update_eval_checkpoint(tmp_path):
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2]
     assert {"reward/motion_mean", "reward/geo_mean", "train/loss", "advantage_mean"} <= set(rows[0])
-    assert {"eval/latent_motion", "eval/rgb_geo", "eval/frame_smoothness", "eval/epi_sampson",
+    assert {"eval/latent_motion", "eval/rgb_geo", "eval/frame_smoothness", "eval/epi_failed",
             "eval/motion_smoothness"} <= set(rows[1])
+    assert ("eval/epi_sampson" in rows[1]) == (rows[1]["eval/epi_failed"] < 1)  # no NaN rows when every clip failed
     assert os.path.isfile(workdir / "lgm" / "lgm" / "lgm.json")
     samples = workdir / "samples" / "step_000002"
     assert (samples / "0.mp4").stat().st_size > 0 and (samples / "0_camera.png").stat().st_size > 0

@@ -2,7 +2,7 @@
 and Any4D (the LGM's teacher), and config files by path.
 
 Each builder either loads real checkpoints (the paths in the config) or, only where the config says so explicitly
-(`allow_random_init`, used by configs/toy.py and tests), creates seeded random weights. A missing path is an error
+(`allow_random_init`, used by configs/toy_random.py and tests), creates seeded random weights. A missing path is an error
 that names the config key, never a silent random init.
 """
 

@@ -36,7 +36,7 @@ def base_config() -> ConfigDict:
     """The paper-like GRPO setup on Wan2.1-T2V-1.3B (Flow-GRPO's Wan settings + VGGRPO's rewards)."""
     c = ConfigDict()
     c.seed = 0
-    # Random weights for any component without a checkpoint: ONLY for toy runs and tests (configs/toy.py).
+    # Random weights for any component without a checkpoint: ONLY for toy runs and tests (configs/toy_random.py).
     c.allow_random_init = False
 
     c.mesh = ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))

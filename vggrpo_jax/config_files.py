@@ -1,6 +1,6 @@
 """Config files and the paths written in them: a relative path in a config file means "relative to that file".
 
-    configs/toy.py:   c.lgm.build_config = "lgm_toy.py"         → <dir of configs/toy.py>/lgm_toy.py, from any cwd
+    configs/toy.py:   c.lgm.build_config = "lgm_zoo_quick.py"   → <dir of configs/toy.py>/lgm_zoo_quick.py, from any cwd
     command line:     --config.lgm.build_config=my/lgm.py        → my/lgm.py, relative to the working directory
 
 Which config values are paths: the string leaves whose own key is in PATH_NAMES (`dit.checkpoint`,

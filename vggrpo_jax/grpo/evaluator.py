@@ -95,7 +95,8 @@ class Evaluator:
         self.records = sample_records(video, latent, rgb, self.prompts[:n], self.splits[:n], self.seed, self.fps)
         for name in ("epi_sampson", "epi_inlier_rate", "epi_failed", "motion_smoothness", "dynamic_degree"):
             x = np.asarray([r[name] for r in self.records], np.float64)
-            metrics[f"eval/{name}"] = float(np.mean(x[np.isfinite(x)])) if np.isfinite(x).any() else float("nan")
+            if np.isfinite(x).any():  # none finite (e.g. too few SIFT matches on every clip): eval/epi_failed says so
+                metrics[f"eval/{name}"] = float(np.mean(x[np.isfinite(x)]))
         if out_dir and self.write_videos and jax.process_index() == 0:
             self._write(video, latent["c2w"], os.path.join(out_dir, f"step_{step:06d}"))
         return metrics
