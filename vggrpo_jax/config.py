@@ -120,7 +120,8 @@ def base_config() -> ConfigDict:
     # (0 = never stop).
     c.train = ConfigDict(dict(num_iterations=1000, log_every=1, checkpoint_every=10, keep_checkpoints=3,
                               profile_steps=0, max_consecutive_skips=10))
-    c.eval = ConfigDict(dict(every=50, num_prompts=8, num_steps=50, write_videos=True, rgb_rewards=True))
+    # report: at the end of a run, base against trained on the eval prompts → <workdir>/report.md + PNGs (grpo/report.py)
+    c.eval = ConfigDict(dict(every=50, num_prompts=8, num_steps=50, write_videos=True, rgb_rewards=True, report=True))
     # Test-time reward guidance of ODE sampling (`python -m vggrpo_jax.sample`; off at scale 0): at the steps in
     # `steps`, v ← v − scale·g(σ)·clip(∇_x r(x̂0)), r = Σ weights·(LGM reward), x̂0 = x − σ·v (rl/reward_guidance.py).
     # steps: "all", "0,5,10" or a slice "start:stop[:step]"; schedule: ratio σ/(1−σ) (the paper's t/(1−t)) |

@@ -96,3 +96,64 @@ def save_frame_grid(videos: np.ndarray, path: str, *, max_frames: int = 9,
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_curves(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]], path: str, *,
+                xlabel: str = "iteration") -> None:
+    """Saves one panel per title, each with its named (steps, values) curves; non-finite values are skipped."""
+    if not panels:
+        raise ValueError("plot_curves: no panels")
+    plt = _pyplot()
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, (title, curves) in zip(axes.ravel(), panels.items()):
+        for name, (steps, values) in curves.items():
+            x, y = np.asarray(steps, np.float64), np.asarray(values, np.float64)
+            ok = np.isfinite(y)
+            ax.plot(x[ok], y[ok], "-o" if ok.sum() < 12 else "-", markersize=3, label=name)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        if len(curves) > 1:
+            ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_camera_pairs(before: np.ndarray, after: np.ndarray, path: str, *, titles: Sequence[str] = (),
+                      labels: tuple[str, str] = ("before", "after")) -> None:
+    """Saves one 3-D panel per clip with two camera paths (centres and viewing directions) overlaid.
+
+    before, after: (B, N, 4, 4) camera-to-world, OpenCV axes (z forward), each path expressed relative to its first
+    camera so that the two start at the origin looking down +z.
+    """
+    b0, b1 = np.asarray(before, np.float64), np.asarray(after, np.float64)
+    if b0.ndim != 4 or b0.shape[2:] != (4, 4) or b0.shape != b1.shape:
+        raise ValueError(f"plot_camera_pairs: expected two (B, N, 4, 4) pose sets of one shape, got {b0.shape}, "
+                         f"{b1.shape}")
+    plt = _pyplot()
+    n = b0.shape[0]
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig = plt.figure(figsize=(3.4 * cols, 3.4 * rows))
+    for i in range(n):
+        ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
+        for poses, label, colour in ((b0[i], labels[0], "tab:blue"), (b1[i], labels[1], "tab:orange")):
+            rel = np.linalg.inv(poses[0]) @ poses
+            c, fwd = rel[:, :3, 3], rel[:, :3, 2]
+            extent = max(float(np.ptp(c, axis=0).max()), 1e-6)
+            ax.plot(c[:, 0], c[:, 2], -c[:, 1], "-o", markersize=2, color=colour, label=label)
+            ax.quiver(c[:, 0], c[:, 2], -c[:, 1], fwd[:, 0], fwd[:, 2], -fwd[:, 1], length=0.15 * extent,
+                      color=colour, alpha=0.5)
+        ax.tick_params(labelsize=5)
+        if i < len(titles):
+            ax.set_title(titles[i][:60], fontsize=6)
+        if i == 0:
+            ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

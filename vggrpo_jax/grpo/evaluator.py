@@ -16,7 +16,7 @@ Rewards are scored by rewards.geometry_rewards with the trainer's RewardOptions 
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,16 @@ def sample_records(video: np.ndarray, latent: dict, rgb: dict | None, prompts: S
             scores[f"{prefix}_{name}"] = np.asarray(rewards[name], np.float64)[:n]
     records = make_records(prompts, list(range(n)), splits, scores)
     return [r | {"noise_seed": int(noise_seed)} for r in records]
+
+
+class EvalResult(NamedTuple):
+    """One evaluation: eval/* metrics, one record per real prompt, and their decoded videos (n, 3, F, H, W) in
+    [−1, 1] and LGM cameras (n, V, 4, 4) camera-to-world, OpenCV axes."""
+
+    metrics: dict[str, float]
+    records: list[dict]
+    video: np.ndarray
+    c2w: np.ndarray
 
 
 class Evaluator:
@@ -76,9 +86,11 @@ class Evaluator:
         self._rgb = jax.jit(lambda s, z: geometry_rewards(nnx.merge(self._rgb_graphdef, s)(z), options))
         self._decode = jax.jit(lambda s, z: nnx.merge(vae_graphdef, s).decode(nnx.merge(vae_graphdef, s)
                                                                                .denormalize_latents(z)))
+        self._roundtrip = jax.jit(lambda s, v: nnx.merge(vae_graphdef, s).decode(nnx.merge(vae_graphdef, s)
+                                                                                 .encode(v)[0]))
 
-    def run(self, lora: Any, step: int, out_dir: str | None) -> dict[str, float]:
-        """Samples with adapters `lora` (e.g. the EMA) and returns eval/* metrics; writes media under out_dir."""
+    def score(self, lora: Any) -> EvalResult:
+        """Samples the eval prompts with adapters `lora` (the same noise every call) and scores them; every host."""
         key = jax.random.key(self.seed)  # the same noise at every evaluation: curves compare like with like
         z0 = self.trainer.sample(lora, jnp.asarray(self.cond), jnp.asarray(self.uncond), key, self.num_steps)
         latent = self.trainer.latent_rewards(z0)
@@ -92,14 +104,31 @@ class Evaluator:
                 rgb = to_host(self._rgb(self._rgb_state, z0))
             metrics.update(_summary("eval/rgb", rgb))
         n = self.num_records
-        self.records = sample_records(video, latent, rgb, self.prompts[:n], self.splits[:n], self.seed, self.fps)
+        records = sample_records(video, latent, rgb, self.prompts[:n], self.splits[:n], self.seed, self.fps)
         for name in ("epi_sampson", "epi_inlier_rate", "epi_failed", "motion_smoothness", "dynamic_degree"):
-            x = np.asarray([r[name] for r in self.records], np.float64)
+            x = np.asarray([r[name] for r in records], np.float64)
             if np.isfinite(x).any():  # none finite (e.g. too few SIFT matches on every clip): eval/epi_failed says so
                 metrics[f"eval/{name}"] = float(np.mean(x[np.isfinite(x)]))
+        c2w = np.asarray(to_host(latent["c2w"]))
+        return EvalResult(metrics, records, np.asarray(video[:n]), c2w[:n])
+
+    def roundtrip_psnr(self, video: np.ndarray) -> np.ndarray:
+        """PSNR (dB, peak-to-peak 2) of the VAE's reconstruction of each video (n, 3, F, H, W) in [−1, 1]: a video
+        on the data manifold reconstructs as well as real clips do; adversarial latents decode to frames that the
+        encoder does not reproduce. Every host (the same videos on each)."""
+        v = np.asarray(video, np.float32)
+        with mesh_context(self.mesh):
+            rec = to_host(self._roundtrip(self._vae_state, jnp.asarray(v)))
+        mse = np.mean((np.asarray(rec, np.float64) - v) ** 2, axis=(1, 2, 3, 4))
+        return 10.0 * np.log10(4.0 / np.maximum(mse, 1e-12))
+
+    def run(self, lora: Any, step: int, out_dir: str | None) -> dict[str, float]:
+        """Samples with adapters `lora` (e.g. the EMA) and returns eval/* metrics; writes media under out_dir."""
+        result = self.score(lora)
+        self.records = result.records
         if out_dir and self.write_videos and jax.process_index() == 0:
-            self._write(video, latent["c2w"], os.path.join(out_dir, f"step_{step:06d}"))
-        return metrics
+            self._write(result.video, result.c2w, os.path.join(out_dir, f"step_{step:06d}"))
+        return result.metrics
 
     def _write(self, video: np.ndarray, c2w: np.ndarray, out: str) -> None:
         from vggrpo_jax.data.video import write_video  # noqa: PLC0415

@@ -37,6 +37,7 @@ from vggrpo_jax.data.pipeline import PromptBatches
 from vggrpo_jax.errors import ConfigError, PathNotFoundError
 from vggrpo_jax.evaluation import write_report
 from vggrpo_jax.grpo.evaluator import Evaluator
+from vggrpo_jax.grpo.report import write_run_report
 from vggrpo_jax.grpo.trainer import GRPOTrainer, latent_shape
 
 
@@ -172,6 +173,15 @@ class Run:
     def evaluate(self) -> dict[str, float]:
         return self.evaluator.run(self.state.ema_params, self.iteration, os.path.join(self.workdir, "samples"))
 
+    def report(self) -> dict | None:
+        """<workdir>/report.md: the EMA adapters against the base (adapters zeroed) on the eval prompts."""
+        base = jax.tree.map(jnp.zeros_like, self.policy.lora)
+        _log(f"report: base against step {self.iteration} on {self.evaluator.num_records} held-out prompts")
+        out = write_run_report(self.config, self.workdir, self.evaluator, base, self.state.ema_params, self.iteration)
+        if out is not None:
+            _log(f"wrote {os.path.join(self.workdir, 'report.md')}")
+        return out
+
 
 def train(config: Any, workdir: str) -> list[dict[str, float]]:
     """Runs (or resumes) GRPO until config.train.num_iterations; returns the metrics of the iterations it ran.
@@ -211,6 +221,8 @@ def train(config: Any, workdir: str) -> list[dict[str, float]]:
                 metrics = run.step(loop.timer)
                 values = loop.step_done(it, metrics)
                 history.append({"step": it, **{k: v for k, v in values.items() if not k.startswith("perf/")}})
+        if run.evaluator is not None and bool(config.eval.report):
+            run.report()
     finally:
         run.checkpoints.close()
         writer.close()
@@ -219,7 +231,8 @@ def train(config: Any, workdir: str) -> list[dict[str, float]]:
 
 def evaluate_latest(config: Any, workdir: str) -> dict[str, float]:
     """Evaluates the newest checkpoint of `workdir` (EMA adapters) and writes eval metrics, samples and the report
-    `eval_XXXXXX/report.{md,json}` (per-split metrics; `tools/compare_reports.py` gives win rates between two)."""
+    `eval_XXXXXX/report.{md,json}` (per-split metrics; `tools/compare_reports.py` gives win rates between two);
+    with eval.report, also the run report `<workdir>/report.md` (base against this checkpoint, grpo/report.py)."""
     config = validate(config)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not (os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))):  # before building anything
@@ -234,5 +247,7 @@ def evaluate_latest(config: Any, workdir: str) -> dict[str, float]:
         json.dump(metrics, fh, indent=2)
     if jax.process_index() == 0:  # per-split means ± s.e. over the eval prompts: eval_XXXXXX/report.{md,json}
         write_report(os.path.join(workdir, f"eval_{run.iteration:06d}"), {f"step_{run.iteration}": run.evaluator.records})
+    if bool(config.eval.report):  # base against this checkpoint: <workdir>/report.md, as at the end of training
+        run.report()
     run.checkpoints.close()
     return metrics
