@@ -32,6 +32,7 @@ METRICS: dict[str, bool | None] = {
     "latent_geo": True,
     "latent_e_trans": False,
     "latent_e_rot": False,
+    "frame_smoothness": True,  # pixel-space analogue of e_trans (evaluation.scores.frame_smoothness)
     "vae_roundtrip_psnr": None,  # dB: how well the VAE reproduces the decoded video (the manifold check)
     "frame_difference": None,  # mean |f_{t+1} − f_t| in [−1, 1] units: how much the video moves
 }

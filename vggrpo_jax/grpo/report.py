@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from vggrpo_jax.evaluation import frame_smoothness
 from vggrpo_jax.evaluation.report import to_markdown, write_report
 from vggrpo_jax.grpo.evaluator import EvalResult, Evaluator
 from vggrpo_jax.visualize import plot_camera_pairs, plot_curves, save_frame_grid
@@ -64,7 +65,8 @@ def manifold_checks(base: Mapping[str, np.ndarray], trained: Mapping[str, np.nda
 def _with_manifold(result: EvalResult, evaluator: Evaluator) -> tuple[list[dict], dict[str, np.ndarray]]:
     scores = manifold_scores(result.video)
     scores["vae_roundtrip_psnr"] = evaluator.roundtrip_psnr(result.video)
-    records = [dict(r, vae_roundtrip_psnr=float(scores["vae_roundtrip_psnr"][i]),
+    smooth = frame_smoothness(result.video)
+    records = [dict(r, vae_roundtrip_psnr=float(scores["vae_roundtrip_psnr"][i]), frame_smoothness=float(smooth[i]),
                     frame_difference=float(scores["frame_difference"][i])) for i, r in enumerate(result.records)]
     return records, scores
 
