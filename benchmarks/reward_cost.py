@@ -11,7 +11,9 @@ Weights are random (cost does not depend on their values); architectures are the
    (33×240×416) and the full Wan2.1 shape (81×480×832): per-device memory and FLOPs from the compiled programs.
 Paper (Wan2.2-5B, 4 videos): latent / RGB = 0.755 in time, 0.89 in memory. Target here: ≤ 0.5 in time.
 
-    python benchmarks/reward_cost.py [--stitch_layer 4] [--repeats 3] [--skip_aot] [--skip_cpu]
+0. Measured at the toy world's shape with the shipped zoo (configs/toy.py's reward batch, 16 × 17×64×64).
+
+    python benchmarks/reward_cost.py [--stitch_layer 4] [--repeats 3] [--skip_aot] [--skip_cpu] [--skip_toy]
 """
 
 from __future__ import annotations
@@ -134,6 +136,47 @@ def cpu(args) -> None:
     print(f"  ratio latent/RGB: time {tl / tr:.3f}   memory {ml / mr:.3f}   (paper 0.755 / 0.89; target time ≤ 0.5)")
 
 
+def toy(args) -> None:
+    """At the toy world's shape with the shipped zoo models (configs/toy.py's reward batch and reward options, the
+    connector at configs/lgm_zoo_quick.py's stitch layer; connector weights random: cost does not depend on them)."""
+    from vggrpo_jax import zoo  # noqa: PLC0415
+    from vggrpo_jax.config_files import load_config_file  # noqa: PLC0415
+    from vggrpo_jax.lgm.connector import build_connector  # noqa: PLC0415
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    c = load_config_file(os.path.join(root, "configs", "toy.py"))
+    lc = load_config_file(c.lgm.build_config)
+    batch = int(c.rl.prompts_per_batch) * int(c.rl.group_size)
+    layer = int(lc.stitch.layers[0])
+    vae = zoo.load("vae")
+    any4d = zoo.load("geometry")
+    conn_cfg = ConnectorConfig.from_dict(lc.connector.to_dict())
+    conn = build_connector(conn_cfg, latent_channels=int(vae.config.z_dim), any4d_config=any4d.config,
+                           stitch_layer=layer)
+    lgm_g, lgm_s = nnx.split(LatentGeometryModel(conn, any4d))
+    rgb_g, rgb_s = nnx.split(RGBGeometryPath(vae, any4d, spatial_stride=int(conn_cfg.stride[1])))
+    f, h, w = zoo.VIDEO
+    z = jax.random.normal(jax.random.key(0), (batch, int(vae.config.z_dim), 1 + (f - 1) // 4, h // 8, w // 8))
+    stride = int(c.rewards.stride)
+    rows = {}
+    for name, g, st in (("latent (LGM)", lgm_g, lgm_s), ("RGB (decode+Any4D)", rgb_g, rgb_s)):
+        compiled = jax.jit(_fn(g, stride)).lower(st, z).compile()
+        jax.block_until_ready(compiled(st, z))
+        times = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            jax.block_until_ready(compiled(st, z))
+            times.append(time.perf_counter() - t)
+        rows[name] = (float(np.median(times)), _mem(compiled), _flops(compiled))
+    print(f"\n[CPU, measured] toy world (shipped zoo): GRPO's reward batch {batch}×{f}×{h}×{w}, "
+          f"latent {tuple(z.shape)}, ℓ = {layer}, median of {args.repeats}")
+    for name, (t, m, fl) in rows.items():
+        print(f"  {name:<22} time {t * 1e3:9.1f} ms   compiled memory {m / 2**20:9.1f} MiB   {fl / 1e9:8.2f} GFLOP")
+    (tl, ml, fll), (tr, mr, flr) = rows["latent (LGM)"], rows["RGB (decode+Any4D)"]
+    print(f"  ratio latent/RGB: time {tl / tr:.3f}   memory {ml / mr:.3f}   FLOPs {fll / flr:.3f}")
+    sys.stdout.flush()
+
+
 def aot(args) -> None:
     mesh = make_mesh({"fsdp": -1})
     (lg, ls), (rg, rs) = build(args.stitch_layer, abstract=True)
@@ -170,7 +213,10 @@ def main() -> None:
     p.add_argument("--reward_stride", type=int, default=4)
     p.add_argument("--skip_cpu", action="store_true")
     p.add_argument("--skip_aot", action="store_true")
+    p.add_argument("--skip_toy", action="store_true")
     args = p.parse_args()
+    if not args.skip_toy:
+        toy(args)
     if not args.skip_cpu:
         cpu(args)
     if not args.skip_aot:

@@ -34,6 +34,7 @@ def test_a_policy_close_to_the_base_passes_every_check():
     (lambda v: 0.4 * v, "colour_std"),  # washed out
     (lambda v: np.clip(v + 0.3, -1, 1), "colour_mean"),  # brightened
     (lambda v: np.repeat(v[:, :, :1], v.shape[2], axis=2), "frame_difference"),  # a frozen camera: no motion at all
+    (lambda v: 0.7 * v + 0.3 * v.mean(axis=1, keepdims=True), "saturation"),  # objects fading into grey
 ])
 def test_each_hack_fails_its_check(hack, failed):
     checks = _checks(hack(_videos()))

@@ -154,7 +154,8 @@ def test_readme_command_runs_rollout_rewards_update_eval_checkpoint(tmp_path):
     # the run report: base against trained on the eval prompts, with its pictures and manifold checks
     report = json.load(open(workdir / "report.json"))
     assert set(report["summary"]) == {"base", "GRPO step 2"} and report["baseline"] == "base"
-    assert set(report["manifold"]) == {"vae_roundtrip_psnr", "colour_mean", "colour_std", "frame_difference"}
+    assert set(report["manifold"]) == {"vae_roundtrip_psnr", "colour_mean", "colour_std", "saturation",
+                                        "frame_difference"}
     text = open(workdir / "report.md").read()
     for png in ("reward_curves.png", "cameras.png", "frames.png"):
         assert f"]({png})" in text and (workdir / png).stat().st_size > 0

@@ -35,6 +35,7 @@ METRICS: dict[str, bool | None] = {
     "frame_smoothness": True,  # pixel-space analogue of e_trans (evaluation.scores.frame_smoothness)
     "vae_roundtrip_psnr": None,  # dB: how well the VAE reproduces the decoded video (the manifold check)
     "frame_difference": None,  # mean |f_{t+1} − f_t| in [−1, 1] units: how much the video moves
+    "saturation": None,  # mean (max − min over RGB) per pixel: how much of the frame is coloured objects
 }
 
 

@@ -34,15 +34,19 @@ MANIFOLD_MARGINS: dict[str, tuple[str, float]] = {
     "vae_roundtrip_psnr": ("drop", 2.0),  # dB
     "colour_mean": ("abs", 0.05),  # per channel, video units ([−1, 1])
     "colour_std": ("ratio", 0.15),
+    "saturation": ("ratio", 0.15),  # mean (max − min over RGB) per pixel: the coloured objects are still there
     "frame_difference": ("ratio", 0.3),  # mean |f_{t+1} − f_t|: the camera (or scene) still moves as much
 }
 NUM_PICTURED = 4
 
 
 def manifold_scores(video: np.ndarray) -> dict[str, np.ndarray]:
-    """video (n, 3, F, H, W) in [−1, 1] → per-sample colour_mean (n, 3), colour_std (n, 3), frame_difference (n,)."""
+    """video (n, 3, F, H, W) in [−1, 1] → per-sample colour_mean (n, 3), colour_std (n, 3), saturation (n,) and
+    frame_difference (n,). Saturation catches a policy that fades the scene's coloured objects into the grey floor
+    and pale sky (fewer objects, fewer points to disagree on) while the global colour statistics barely move."""
     v = np.asarray(video, np.float64)
     return {"colour_mean": v.mean(axis=(2, 3, 4)), "colour_std": v.std(axis=(2, 3, 4)),
+            "saturation": (v.max(axis=1) - v.min(axis=1)).mean(axis=(1, 2, 3)),
             "frame_difference": np.abs(np.diff(v, axis=2)).mean(axis=(1, 2, 3, 4))}
 
 
@@ -67,7 +71,8 @@ def _with_manifold(result: EvalResult, evaluator: Evaluator) -> tuple[list[dict]
     scores["vae_roundtrip_psnr"] = evaluator.roundtrip_psnr(result.video)
     smooth = frame_smoothness(result.video)
     records = [dict(r, vae_roundtrip_psnr=float(scores["vae_roundtrip_psnr"][i]), frame_smoothness=float(smooth[i]),
-                    frame_difference=float(scores["frame_difference"][i])) for i, r in enumerate(result.records)]
+                    frame_difference=float(scores["frame_difference"][i]), saturation=float(scores["saturation"][i]))
+               for i, r in enumerate(result.records)]
     return records, scores
 
 
@@ -91,7 +96,8 @@ def reward_curve_panels(rows: Sequence[Mapping]) -> dict[str, dict[str, tuple[li
                        "held-out RGB path": curve("eval/rgb_motion")},
         "r_geo ↑": {"train (LGM)": curve("reward/geo_mean"), "held-out LGM": curve("eval/latent_geo"),
                     "held-out RGB path": curve("eval/rgb_geo")},
-        "e_trans / e_rot ↓ (train, LGM)": {"e_trans": curve("reward/e_trans_mean"), "e_rot": curve("reward/e_rot_mean")},
+        "e_trans / e_rot ↓ (train, LGM)": {"e_trans": curve("reward/e_trans_mean"),
+                                           "e_rot": curve("reward/e_rot_mean")},
         "KL to the base": {"kl": curve("train/kl")},
         "held-out frame smoothness ↑": {"pixels": curve("eval/frame_smoothness")},
     }
@@ -120,8 +126,8 @@ def _manifold_markdown(checks: Mapping[str, Mapping]) -> list[str]:
 
 def write_run_report(config: Any, workdir: str, evaluator: Evaluator, base_lora: Any, trained_lora: Any,
                      step: int) -> dict | None:
-    """Scores base and trained adapters on the evaluator's prompts and writes `<workdir>/report.md` (and .json, PNGs); returns the
-    report dict on process 0 (None elsewhere). Collective: call it on every host."""
+    """Scores base and trained adapters on the evaluator's prompts and writes `<workdir>/report.md` (with
+    report.json and the PNGs); returns the report dict on process 0 (None elsewhere). Collective: every host."""
     base, trained = evaluator.score(base_lora), evaluator.score(trained_lora)
     base_records, base_scores = _with_manifold(base, evaluator)
     trained_records, trained_scores = _with_manifold(trained, evaluator)
@@ -164,7 +170,7 @@ def write_run_report(config: Any, workdir: str, evaluator: Evaluator, base_lora:
           "## Held-out prompts: base against trained", table, "",
           "## Still on the toy world's manifold?", "",
           "Against reward hacking: the trained samples' means beside the base's (VAE round-trip PSNR in dB, colour "
-          "statistics per RGB channel in [−1, 1], mean absolute frame difference).", "",
+          "statistics per RGB channel in [−1, 1], saturation, mean absolute frame difference).", "",
           *_manifold_markdown(checks), ""]
     for caption, png in pictures:
         md += [f"## {caption}", "", f"![{png}]({png})", ""]
