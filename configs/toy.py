@@ -10,7 +10,8 @@ on the zoo dataset's training captions with the LGM rewards, evaluating on its h
 
 The GRPO recipe, on evidence so far (issue 13's notes): group 8 × 2 prompts, 10 SDE steps (Flow-GRPO's Wan noise
 rule), LoRA rank 8, lr 3e-3, one update per iteration. At lr 3e-4 the policy barely moved in 30 iterations (KL 1e-3).
-At 3e-3 (this config) the RGB-path r_geo rises (+0.044 ± 0.020 on 8 held-out prompts, paired) but r_motion does not;
+At 3e-3 (this config) the RGB-path r_geo rose (+0.044 ± 0.020 on 8 held-out prompts, paired) but r_motion did not;
+with the full LGM instead (tools/reproduce_toy.py, 30 iterations, 32 prompts) r_geo fell (−0.044 ± 0.012);
 r_motion alone with 8 prompts × 8 per update at lr 1e-3 for 20 iterations: r_motion +0.003 ± 0.010 (16 prompts). The
 machinery optimises a learnable reward (−|Δ_t z0| rises steadily in 30 iterations); the toy LGM's r_motion is mostly
 pose noise (Spearman with the RGB path 0.36 on generated clips).
