@@ -17,6 +17,7 @@ Writes OUT/000000.mp4, OUT/000001.mp4, … (one per prompt, in file order) and O
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Sequence
@@ -58,11 +59,17 @@ def checkpoint_step(workdir: str, checkpoint: str | int) -> int:
     return step
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _noise_rows(seed: jax.Array, indices: jax.Array, latent: tuple[int, ...]) -> jax.Array:
+    key = jax.random.key(seed)
+    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), latent, jnp.float32))(indices)
+
+
 def initial_noise(seed: int, indices: Sequence[int], latent: Sequence[int]) -> np.ndarray:
-    """(len(indices), *latent) float32: video i's start normal(fold_in(key(seed), i)) (independent of batching)."""
-    key = jax.random.key(int(seed))
-    make = jax.jit(jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(latent), jnp.float32)))
-    return np.asarray(make(jnp.asarray(list(indices), jnp.int32)))
+    """(len(indices), *latent) float32: video i's start normal(fold_in(key(seed), i)) (independent of batching).
+    Compiled once per (batch size, latent shape): a sweep calls it for every batch."""
+    rows = jnp.asarray(list(indices), jnp.int32)
+    return np.asarray(_noise_rows(jnp.asarray(int(seed), jnp.uint32), rows, tuple(int(d) for d in latent)))
 
 
 class SamplingJob:
