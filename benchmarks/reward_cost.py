@@ -108,6 +108,18 @@ def _flops(compiled) -> float:
     return float(cost.get("flops", float("nan")))
 
 
+def _timed(graphdef, state, z, stride: int, repeats: int):
+    """(median seconds of `repeats` calls after a warm-up, the compiled program) of the rewards of z."""
+    compiled = jax.jit(_fn(graphdef, stride)).lower(state, z).compile()
+    jax.block_until_ready(compiled(state, z))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(state, z))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), compiled
+
+
 def latent_shape(frames: int, height: int, width: int, batch: int) -> tuple[int, ...]:
     return (batch, 16, 1 + (frames - 1) // 4, height // 8, width // 8)
 
@@ -119,15 +131,8 @@ def cpu(args) -> None:
     rows = {}
     with jax.default_device(jax.devices()[0]):
         for name, g, s in (("latent (LGM)", lg, ls), ("RGB (decode+Any4D)", rg, rs)):
-            fn = jax.jit(_fn(g, args.reward_stride))
-            compiled = fn.lower(s, z).compile()
-            jax.block_until_ready(compiled(s, z))
-            times = []
-            for _ in range(args.repeats):
-                t = time.perf_counter()
-                jax.block_until_ready(compiled(s, z))
-                times.append(time.perf_counter() - t)
-            rows[name] = (float(np.median(times)), _mem(compiled))
+            seconds, compiled = _timed(g, s, z, args.reward_stride, args.repeats)
+            rows[name] = (seconds, _mem(compiled))
     print(f"\n[CPU, measured] {args.cpu_batch}×{f}×{h}×{w} video (latent {latent_shape(f, h, w, args.cpu_batch)}), "
           f"ℓ = {args.stitch_layer}, median of {args.repeats}")
     for name, (t, m) in rows.items():
@@ -160,14 +165,8 @@ def toy(args) -> None:
     stride = int(c.rewards.stride)
     rows = {}
     for name, g, st in (("latent (LGM)", lgm_g, lgm_s), ("RGB (decode+Any4D)", rgb_g, rgb_s)):
-        compiled = jax.jit(_fn(g, stride)).lower(st, z).compile()
-        jax.block_until_ready(compiled(st, z))
-        times = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            jax.block_until_ready(compiled(st, z))
-            times.append(time.perf_counter() - t)
-        rows[name] = (float(np.median(times)), _mem(compiled), _flops(compiled))
+        seconds, compiled = _timed(g, st, z, stride, args.repeats)
+        rows[name] = (seconds, _mem(compiled), _flops(compiled))
     print(f"\n[CPU, measured] toy world (shipped zoo): GRPO's reward batch {batch}×{f}×{h}×{w}, "
           f"latent {tuple(z.shape)}, ℓ = {layer}, median of {args.repeats}")
     for name, (t, m, fl) in rows.items():

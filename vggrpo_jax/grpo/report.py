@@ -104,14 +104,14 @@ def reward_curve_panels(rows: Sequence[Mapping]) -> dict[str, dict[str, tuple[li
     return {t: {n: c for n, c in p.items() if c[0]} for t, p in panels.items() if any(c[0] for c in p.values())}
 
 
-def _settings(config: Any, step: int, rows: Sequence[Mapping]) -> dict[str, Any]:
+def _settings(config: Any, step: int, rows: Sequence[Mapping], eval_prompts: int) -> dict[str, Any]:
     kl = [r["train/kl"] for r in rows if "train/kl" in r]
     return {"iterations": int(step), "group_size": int(config.rl.group_size),
             "prompts_per_batch": int(config.rl.prompts_per_batch), "sde_steps": int(config.rl.num_steps),
             "lr": float(config.optim.lr), "lora_rank": int(config.lora.rank),
             "reward_weights": dict(config.rewards.weights), "beta_kl": float(config.rl.beta),
             "final_kl": float(np.mean(kl[-5:])) if kl else float("nan"),
-            "eval_prompts": None, "eval_steps": int(config.eval.num_steps)}
+            "eval_prompts": int(eval_prompts), "eval_steps": int(config.eval.num_steps)}
 
 
 def _manifold_markdown(checks: Mapping[str, Mapping]) -> list[str]:
@@ -137,8 +137,7 @@ def write_run_report(config: Any, workdir: str, evaluator: Evaluator, base_lora:
     name = f"GRPO step {step}"
     report = write_report(out, {"base": base_records, name: trained_records}, baseline="base")
     rows = read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    settings = _settings(config, step, rows)
-    settings["eval_prompts"] = len(base_records)
+    settings = _settings(config, step, rows, len(base_records))
     checks = manifold_checks(base_scores, trained_scores)
 
     pictures = []
